@@ -1,0 +1,104 @@
+"""Reading ImageNet/timm/mmdet/mmseg checkpoints into an InceptionNeXt backbone, verified.
+
+Nothing is loaded silently: a missing or unreadable file, a file in which no key matches or a shape
+mismatch raises ``CheckpointError``; what did load, and what did not, is logged.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from .errors import CheckpointError
+
+WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
+HEAD_PREFIX = 'head.'
+_TIMM_FEATURES_KEY = re.compile(r'^(stem|stages)_(\d+)\.')
+
+
+def read_checkpoint(path: str) -> dict:
+    """Read a ``.pth``/``.bin``/``.safetensors`` file or URL into a dict, with one-line errors."""
+    is_url = '://' in path
+    if not is_url and not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path} (fix the path, e.g. '
+                              f'--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth)')
+    try:
+        if path.endswith('.safetensors') and not is_url:
+            from safetensors.torch import load_file
+            return load_file(path, device='cpu')
+        return CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    except Exception as e:  # noqa: BLE001  (any reader failure becomes one clear line)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ('download it by hand and point init_cfg.checkpoint at the local file'
+                if is_url else 'the file is truncated, corrupt or not a PyTorch checkpoint')
+        raise CheckpointError(f'cannot read checkpoint {path}: {reason} ({hint})') from None
+
+
+def extract_state_dict(checkpoint: Mapping, source: str, prefix: str | None = None) -> dict:
+    """Unwrap ``state_dict``/``model`` wrappers, ``module.``, ``backbone.`` and timm feature keys."""
+    state = checkpoint
+    while isinstance(state, Mapping) and not _has_tensors(state):
+        inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, Mapping) or not _has_tensors(state):
+        raise CheckpointError(f'{source} holds no state dict of tensors (top-level keys: '
+                              f'{sorted(map(str, checkpoint))[:6]}); expected an ImageNet '
+                              f'InceptionNeXt checkpoint')
+    state = {_strip(k, 'module.'): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    elif any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    return {_TIMM_FEATURES_KEY.sub(r'\1.\2.', k): v for k, v in state.items()}
+
+
+def load_pretrained(model: nn.Module, path: str, prefix: str | None = None) -> dict:
+    """Load ``path`` into ``model`` after checking names and shapes; returns a loading report."""
+    state = extract_state_dict(read_checkpoint(path), path, prefix)
+    own = model.state_dict()
+    head = [k for k in state if k.startswith(HEAD_PREFIX)]
+    state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    matched = [k for k in state if k in own]
+    if not matched:
+        raise CheckpointError(f'no key of {path} matches the InceptionNeXt backbone (first keys: '
+                              f'{list(state)[:3]}); is this an InceptionNeXt checkpoint?')
+    mismatched = [k for k in matched if state[k].shape != own[k].shape]
+    if mismatched:
+        k = mismatched[0]
+        raise CheckpointError(
+            f'{path} does not fit this arch: {len(mismatched)} shape mismatches, e.g. {k} is '
+            f'{tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model; '
+            f'use the checkpoint of the same size as model.backbone.arch')
+    new_norms = [k for k in own if re.match(r'norm\d\.', k) and k not in state]
+    missing = [k for k in own if k not in state and k not in new_norms
+               and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state if k not in own]
+    model.load_state_dict({k: state[k] for k in matched}, strict=False)
+    print_log(f'InceptionNeXt: loaded {len(matched)} tensors from {path}; dropped the '
+              f'classification head ({len(head)} tensors); new output norms '
+              f'({len(new_norms)} tensors) keep their initialisation', logger='current')
+    for what, keys in (('missing from the checkpoint', missing), ('unexpected', unexpected)):
+        if keys:
+            print_log(f'InceptionNeXt: {len(keys)} tensors {what}: {_short(keys)}',
+                      logger='current', level=30)
+    return dict(loaded=matched, head=head, new_norms=new_norms, missing=missing,
+                unexpected=unexpected)
+
+
+def _has_tensors(d: Mapping) -> bool:
+    return any(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def _strip(key: str, prefix: str) -> str:
+    return key[len(prefix):] if key.startswith(prefix) else key
+
+
+def _short(keys: list[str], n: int = 8) -> str:
+    return ', '.join(keys[:n]) + (f', ... ({len(keys) - n} more)' if len(keys) > n else '')

@@ -1,0 +1,17 @@
+"""Errors that the command-line tools report as one line and a non-zero exit."""
+
+
+class UserError(Exception):
+    """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid backbone argument or config value."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class DataError(UserError, FileNotFoundError):
+    """A dataset that is missing, empty or unreadable."""

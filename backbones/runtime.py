@@ -1,0 +1,86 @@
+"""Fixes that let this stack (torch 2.14, mmengine 0.10.7) run as users expect, on GPU and CPU.
+
+- mmengine-saved checkpoints (resume, ``load_from``, test) hold Python objects that torch >= 2.6's
+  ``weights_only`` default refuses (mmengine#1655): local checkpoints load as mmengine intended.
+- ``--amp`` on a machine without CUDA uses bfloat16 autocast (``BF16AmpOptimWrapper``).
+- Distributed runs without CUDA use gloo, CPU DDP and BatchNorm instead of SyncBN.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.optim import OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
+from mmengine.runner.amp import autocast
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+def _load_trusted_local(filename: str, map_location=None) -> dict:
+    """mmengine's local loader, with the pickle loading mmengine was written for."""
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+CheckpointLoader.register_scheme(prefixes='', loader=_load_trusted_local, force=True)
+
+
+@OPTIM_WRAPPERS.register_module()
+class BF16AmpOptimWrapper(OptimWrapper):
+    """Mixed precision by bfloat16 autocast, no loss scaling: runs on CPUs as well as GPUs."""
+
+    def __init__(self, dtype: str | torch.dtype = 'bfloat16', **kwargs):
+        super().__init__(**kwargs)
+        self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+    @contextmanager
+    def optim_context(self, model: nn.Module):
+        with super().optim_context(model), autocast(dtype=self.cast_dtype):
+            yield
+
+
+def _replace_type(node, old: str, new: str) -> int:
+    """Replace ``type=old`` by ``type=new`` in every dict of a config tree; count replacements."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == old:
+            node['type'] = new
+            count += 1
+        for value in node.values():
+            count += _replace_type(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        count += sum(_replace_type(v, old, new) for v in node)
+    return count
+
+
+def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
+    """Make ``cfg`` runnable here: AMP and distributed training on CPU-only machines."""
+    cuda = torch.cuda.is_available()
+    if amp:
+        wrapper = cfg.optim_wrapper
+        if cuda:
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.setdefault('loss_scale', 'dynamic')
+        else:
+            wrapper.type = 'BF16AmpOptimWrapper'
+            wrapper.pop('loss_scale', None)
+            print_log('--amp without CUDA: bfloat16 autocast on the CPU', logger='current')
+    if launcher == 'none' or cuda:
+        return
+    n = _replace_type(cfg._cfg_dict, 'SyncBN', 'BN')
+    if n:
+        print_log(f'distributed on CPU: {n} SyncBN configs use BN (SyncBN needs CUDA)',
+                  logger='current')
+    cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if launcher == 'pytorch' and not dist.is_initialized():
+        # mmengine's launcher calls torch.cuda.set_device, which fails without CUDA.
+        dist.init_process_group('gloo', rank=int(os.environ['RANK']),
+                                world_size=int(os.environ['WORLD_SIZE']))

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Create or repair the project's environment in .venv/ and install the pinned stack.
+#
+# Idempotent: a healthy, up-to-date environment is verified and left alone; a broken or partial
+# one is repaired. mmcv 2.1.0 has no wheel for torch 2.14, so it is built once from the PyPI source
+# distribution with compiled ops and the wheel is cached outside the repo
+# (${INCEPTIONNEXT_CACHE:-~/.cache/inceptionnext-dense}) so later setups reuse it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+CACHE="${INCEPTIONNEXT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inceptionnext-dense}"
+TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
+MMCV_VERSION=2.1.0
+STAMP="$VENV/.setup-stamp"
+
+say() { echo "[setup] $*"; }
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+verify() {
+  "$PY" - <<'PY' 2>/dev/null
+import mmcv.ops, mmdet, mmseg, timm, torch, backbones  # noqa: F401
+from mmcv.ops import nms, RoIAlign  # noqa: F401
+PY
+}
+
+stamp_value() {
+  cat "$ROOT/setup.cfg" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1
+}
+
+if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] && verify; then
+  say "environment in .venv is complete and up to date"
+  exit 0
+fi
+
+# 1. The virtual environment itself.
+if ! { [ -x "$PY" ] && "$PY" -c 'import sys, pip; assert sys.version_info >= (3, 10)' 2>/dev/null; }; then
+  say "creating virtual environment in .venv (python: $(command -v python3))"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+fi
+rm -f "$STAMP"
+
+# 2. torch first: mmcv's build needs it.
+if ! "$PY" -c 'import torch, torchvision; assert torch.__version__.startswith("2.14.1")' 2>/dev/null; then
+  say "installing $TORCH_PIN (a large download or local wheel; about a minute)"
+  pip_install $TORCH_PIN
+fi
+say "installing build tools (setuptools<82, wheel, ninja, psutil)"
+pip_install "setuptools<82" wheel ninja psutil
+
+# 3. mmcv with compiled ops, from the cache or built from source.
+if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
+  if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
+      && command -v nvcc >/dev/null || [ "${FORCE_CUDA:-0}" = 1 ]; then
+    flavour=cuda; export FORCE_CUDA=1
+  else
+    flavour=cpu
+  fi
+  torch_tag=$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')
+  py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  wheel_dir="$CACHE/mmcv-$MMCV_VERSION-torch$torch_tag-$py_tag-$flavour"
+  wheel=$(ls "$wheel_dir"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    say "building mmcv $MMCV_VERSION with $flavour ops from source: this takes about 15 minutes on 2 cores"
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+      "mmcv==$MMCV_VERSION" -d "$build"
+    tar -xzf "$build"/mmcv-$MMCV_VERSION.tar.gz -C "$build"
+    # torch >= 2.6 headers need C++20; mmcv 2.1.0 hard-codes C++17 (open-mmlab/mmcv#3341).
+    sed -i 's/-std=c++17/-std=c++20/g' "$build/mmcv-$MMCV_VERSION/setup.py"
+    (cd "$build/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-g0" \
+      "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps . -w "$build/dist")
+    mkdir -p "$wheel_dir"
+    cp "$build"/dist/mmcv-*.whl "$wheel_dir/.tmp.whl"
+    wheel="$wheel_dir/$(basename "$build"/dist/mmcv-*.whl)"
+    mv "$wheel_dir/.tmp.whl" "$wheel"
+    say "cached the mmcv wheel at $wheel"
+  else
+    say "installing mmcv from the cached wheel $wheel"
+  fi
+  pip_install --force-reinstall --no-deps "$wheel"
+  pip_install "mmcv==$MMCV_VERSION" # its pure-Python dependencies
+fi
+
+# 4. The project and the rest of the pinned stack (setup.cfg).
+say "installing the project and its pinned dependencies (pip install -e .[dev])"
+pip_install -e "$ROOT[dev]"
+
+say "verifying: import mmcv.ops, mmdet, mmseg, timm, backbones"
+if ! verify; then
+  "$PY" -c 'import mmcv.ops, mmdet, mmseg, timm, backbones' || true
+  say "ERROR: the environment is still broken after setup; see the error above"
+  exit 1
+fi
+stamp_value > "$STAMP"
+"$PY" - <<'PY'
+import mmcv, mmdet, mmengine, mmseg, timm, torch
+print(f'[setup] ready: torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__} '
+      f'(ops), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, timm {timm.__version__}')
+PY
