@@ -4,7 +4,7 @@ Importing the package (``custom_imports=dict(imports=['backbones'])``) registers
 learning-rate decay constructor and the runtime fixes in mmengine's root registries, so they build
 under the ``mmdet`` and the ``mmseg`` default scope alike; neither library is imported here.
 """
-from . import runtime  # noqa: F401  (registers checkpoint loading and BF16AmpOptimWrapper)
+from . import hooks, runtime  # noqa: F401  (registers the loader, hooks, BF16AmpOptimWrapper)
 from .checkpoint import load_pretrained
 from .errors import CheckpointError, ConfigError, DataError, UserError
 from .inception_next import ARCH_SETTINGS, InceptionNeXt

@@ -1,0 +1,114 @@
+"""Shared plumbing of ``tools/*.py``: config loading with checked overrides, work dirs, and
+one-line errors for bad input."""
+from __future__ import annotations
+
+import functools
+import os
+import os.path as osp
+import sys
+from collections.abc import Callable, Mapping
+
+from mmengine.config import Config
+
+from .errors import ConfigError, UserError
+
+_NUMBER = (int, float)
+
+
+def check_overrides(cfg: Config, options: Mapping) -> None:
+    """Reject ``--cfg-options`` keys whose parent does not exist and values of the wrong type.
+
+    A new key is accepted only inside a dict with a ``type`` (a constructor call, e.g.
+    ``model.backbone.frozen_stages``): the constructor then validates it when the model is built.
+    """
+    for key, value in options.items():
+        node, parts = cfg._cfg_dict, key.split('.')
+        for depth, part in enumerate(parts):
+            here = '.'.join(parts[:depth + 1])
+            if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, Mapping):
+                raise ConfigError(f"--cfg-options {key}: '{'.'.join(parts[:depth])}' is not a "
+                                  f'dict in {cfg.filename}, so it has no key {part!r}')
+            if part not in node:
+                if depth == len(parts) - 1 and 'type' in node:
+                    break
+                raise ConfigError(f"--cfg-options {key}: no key '{here}' in {cfg.filename}; "
+                                  f'check the spelling (python tools/print_config.py CONFIG '
+                                  f'shows every key)')
+            if depth == len(parts) - 1:
+                _check_type(key, node[part], value)
+            node = node[part]
+
+
+def _check_type(key: str, old, new) -> None:
+    if old is None or new is None:
+        return
+    number = isinstance(old, _NUMBER) and not isinstance(old, bool)
+    if number and not (isinstance(new, _NUMBER) and not isinstance(new, bool)):
+        raise ConfigError(f'--cfg-options {key}={new!r}: expected a number like {old!r}')
+    if isinstance(old, bool) and not isinstance(new, bool):
+        raise ConfigError(f'--cfg-options {key}={new!r}: expected True or False')
+    if isinstance(old, str) and not isinstance(new, str):
+        raise ConfigError(f'--cfg-options {key}={new!r}: expected a string like {old!r}')
+
+
+def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
+    """Load a config file and apply checked ``--cfg-options``."""
+    if not osp.isfile(path):
+        raise ConfigError(f'config file not found: {path} (configs live under configs/, e.g. '
+                          f'configs/upernet_inceptionnext_t_ade20k.py)')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as e:  # noqa: BLE001  (a config that does not parse is bad input)
+        raise ConfigError(f'cannot parse config {path}: {type(e).__name__}: '
+                          f'{str(e).strip().splitlines()[0] if str(e).strip() else ""}') from None
+    if cfg_options:
+        check_overrides(cfg, cfg_options)
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def default_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> str:
+    """``--work-dir``, else the config's ``work_dir``, else ``work_dirs/<config name>``."""
+    return (work_dir or cfg.get('work_dir')
+            or osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0]))
+
+
+def task_of(cfg: Config) -> str:
+    """'seg' for mmseg configs, 'det' for mmdet configs."""
+    scope = cfg.get('default_scope')
+    if scope not in ('mmseg', 'mmdet'):
+        raise ConfigError(f"{cfg.filename}: default_scope is {scope!r}; expected 'mmseg' or "
+                          f"'mmdet' (inherit an mmseg:: or mmdet:: base config)")
+    return 'seg' if scope == 'mmseg' else 'det'
+
+
+def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
+    """Run ``main``; bad input ends with ``error: ...`` on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper() -> None:
+        try:
+            main()
+        except UserError as e:
+            _fail(str(e))
+        except TypeError as e:
+            if 'unexpected keyword argument' not in str(e):
+                raise
+            _fail(f'config error: {str(e).splitlines()[0]} (check the keys of the config and '
+                  f'of --cfg-options)')
+        except KeyError as e:
+            if 'is not in the' not in str(e) or 'registry' not in str(e):
+                raise
+            _fail(f'config error: {str(e).strip(chr(34)).splitlines()[0]}')
+
+    return wrapper
+
+
+def _fail(message: str) -> None:
+    rank = os.environ.get('RANK', '0')
+    if rank == '0':
+        print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)

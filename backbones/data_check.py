@@ -1,0 +1,56 @@
+"""Check, before a run starts, that the datasets a config names exist and are not empty."""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from collections.abc import Iterable, Iterator, Mapping
+
+from mmengine.config import Config
+
+from .errors import DataError
+
+HOW_TO_GET = {
+    'ADE20KDataset': 'download ADEChallengeData2016.zip from the MIT Scene Parsing site and unzip '
+                     'it into data/ade/, or run `make demo-data` for the small demo set',
+    'CocoDataset': 'download COCO 2017 (train2017, val2017, annotations) into data/coco/, or run '
+                   '`make demo-data` for the small demo set',
+}
+
+
+def _datasets(node) -> Iterator[Mapping]:
+    """Every dataset dict with a ``data_root`` or ``ann_file``, through wrappers."""
+    if isinstance(node, Mapping):
+        if 'data_root' in node or 'ann_file' in node:
+            yield node
+        for key in ('dataset', 'datasets'):
+            yield from _datasets(node.get(key))
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _datasets(item)
+
+
+def _non_empty_dir(path: str) -> bool:
+    return osp.isdir(path) and any(True for _ in os.scandir(path))
+
+
+def check_data_roots(cfg: Config, loaders: Iterable[str]) -> None:
+    """Raise ``DataError`` naming the missing path and how to get the data."""
+    for loader in loaders:
+        if not cfg.get(loader):
+            continue
+        for ds in _datasets(cfg[loader].get('dataset')):
+            root = ds.get('data_root') or ''
+            hint = HOW_TO_GET.get(str(ds.get('type')), 'check data_root in the config')
+            where = f'{loader}.dataset.data_root'
+            if root and not _non_empty_dir(root):
+                state = 'is empty' if osp.isdir(root) else 'not found'
+                raise DataError(f'dataset root {root} ({where}) {state}: {hint}; or point the '
+                                f'config at your copy with --cfg-options {where}=PATH')
+            ann = ds.get('ann_file')
+            if ann and not osp.isfile(osp.join(root, ann)):
+                raise DataError(f'annotation file {osp.join(root, ann)} ({loader}) not found: '
+                                f'{hint}')
+            for sub in (ds.get('data_prefix') or {}).values():
+                path = osp.join(root, sub) if isinstance(sub, str) else None
+                if path and not _non_empty_dir(path):
+                    raise DataError(f'{path} ({loader}) is missing or empty: {hint}')

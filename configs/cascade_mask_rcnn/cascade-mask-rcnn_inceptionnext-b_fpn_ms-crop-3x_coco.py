@@ -1,0 +1,7 @@
+# Cascade Mask R-CNN (4conv1fc GIoU heads) + FPN + InceptionNeXt-B on COCO, 3x multi-scale + crop, with the T recipe.
+_base_ = ['./cascade-mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py']
+checkpoint_file = 'https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_base.pth'  # noqa
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.7,
+                  init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[128, 256, 512, 1024]))

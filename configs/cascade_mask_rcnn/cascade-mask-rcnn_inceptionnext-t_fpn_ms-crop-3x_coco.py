@@ -1,0 +1,24 @@
+# Cascade Mask R-CNN (4conv1fc GIoU heads) + FPN + InceptionNeXt-T on COCO, 3x multi-scale + crop:
+# mmdet's ConvNeXt recipe (AdamW 2e-4, wd 0.05, layer-wise lr decay 0.7, drop path 0.4).
+# Batch 16 = 8 GPUs x 2 images.
+_base_ = ['mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py']  # noqa
+custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
+checkpoint_file = 'https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_tiny.pth'  # noqa
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='InceptionNeXt',
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.4,
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[96, 192, 384, 768]))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='InceptionNeXtLearningRateDecayOptimizerConstructor',
+    paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise'))
+train_dataloader = dict(batch_size=2)
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -1,0 +1,26 @@
+# Mask R-CNN + FPN + InceptionNeXt-T on COCO, 1x schedule (12 epochs, steps at 8 and 11), single
+# scale. AdamW 1e-4, wd 0.05, layer-wise lr decay 0.95. Batch 16 = 8 GPUs x 2 images.
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/datasets/coco_instance.py',
+    'mmdet::_base_/schedules/schedule_1x.py', 'mmdet::_base_/default_runtime.py'
+]
+custom_imports = dict(imports=['backbones'], allow_failed_imports=False)
+checkpoint_file = 'https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_tiny.pth'  # noqa
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='InceptionNeXt',
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[96, 192, 384, 768]))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='InceptionNeXtLearningRateDecayOptimizerConstructor',
+    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
+train_dataloader = dict(batch_size=2)
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -1,0 +1,92 @@
+"""Evaluate a trained detector or segmentor (the upstream tools/test.py flags).
+
+    python tools/test.py CONFIG CHECKPOINT [--tta] [--out PATH] [--show-dir DIR] [--deploy]
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+
+from mmengine.config import DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from backbones.cli import default_work_dir, load_config, one_line_errors, task_of
+from backbones.data_check import check_data_roots
+from backbones.errors import CheckpointError, ConfigError
+from backbones.runtime import adapt_to_device
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a trained model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='det: dump predictions to this pickle file; seg: save '
+                        'predicted label maps into this directory')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir', help='directory where painted predictions are saved')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation (seg: '
+                        'multi-scale 0.5-1.75 + flip, as in the paper)')
+    parser.add_argument('--deploy', action='store_true', help='fold BatchNorms and layer scales '
+                        'of the InceptionNeXt backbone for faster inference (same outputs)')
+    parser.add_argument('--amp', action='store_true', help='mixed precision inference')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args()
+
+
+def enable_visualization(cfg, task: str, args: argparse.Namespace) -> None:
+    hook = cfg.default_hooks.visualization
+    hook.draw = True
+    if args.show:
+        hook.show, hook.wait_time = True, args.wait_time
+    if args.show_dir:
+        if task == 'det':
+            hook.test_out_dir = args.show_dir
+        else:
+            cfg.visualizer.save_dir = args.show_dir
+            hook.interval = 1
+
+
+@one_line_errors
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    task = task_of(cfg)
+    if not osp.isfile(args.checkpoint):
+        raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
+    cfg.launcher = args.launcher
+    cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
+    cfg.load_from = args.checkpoint
+    adapt_to_device(cfg, args.launcher, amp=False)
+    if args.amp:
+        cfg.test_cfg = {**cfg.get('test_cfg', {}), 'fp16': True}
+    if args.show or args.show_dir:
+        enable_visualization(cfg, task, args)
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise ConfigError(f'{args.config} defines no tta_model/tta_pipeline for --tta')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if args.deploy:
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='DeployBackboneHook')]
+    if args.out:
+        if task == 'det':
+            cfg.test_evaluator = [*(cfg.test_evaluator if isinstance(cfg.test_evaluator, list)
+                                    else [cfg.test_evaluator]),
+                                  dict(type='DumpDetResults', out_file_path=args.out)]
+        else:
+            cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+    check_data_roots(cfg, ('test_dataloader',))
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

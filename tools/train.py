@@ -1,0 +1,65 @@
+"""Train a detector or segmentor from an mmdet or mmseg config (the upstream tools/train.py flags).
+
+    python tools/train.py configs/upernet_inceptionnext_t_ade20k.py [--amp] [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+
+from mmengine.config import DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from backbones.cli import default_work_dir, load_config, one_line_errors
+from backbones.data_check import check_data_roots
+from backbones.errors import CheckpointError, ConfigError
+from backbones.runtime import adapt_to_device
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a detector or segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--amp', action='store_true', help='mixed precision training '
+                        '(fp16 on CUDA, bfloat16 on the CPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by the actual total batch size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from the given checkpoint, or from the latest one in the '
+                        'work dir if no path is given')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.backbone.drop_path_rate=0.1')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args()
+
+
+@one_line_errors
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
+    adapt_to_device(cfg, args.launcher, args.amp)
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise ConfigError(f'{args.config} has no auto_scale_lr.base_batch_size; add one '
+                              'to use --auto-scale-lr')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise CheckpointError(f'--resume {args.resume}: no such checkpoint file (give a '
+                                  'path, or --resume alone for the latest in the work dir)')
+        cfg.resume, cfg.load_from = True, args.resume
+    check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
+    runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
