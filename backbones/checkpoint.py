@@ -26,7 +26,7 @@ def read_checkpoint(path: str) -> dict:
     is_url = '://' in path
     if not is_url and not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path} (fix the path, e.g. '
-                              f'--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth)')
+                              f'--cfg-options model.backbone.init_cfg.checkpoint=FILE.pth)')
     try:
         if path.endswith('.safetensors') and not is_url:
             from safetensors.torch import load_file
@@ -40,7 +40,7 @@ def read_checkpoint(path: str) -> dict:
 
 
 def extract_state_dict(checkpoint: Mapping, source: str, prefix: str | None = None) -> dict:
-    """Unwrap ``state_dict``/``model`` wrappers, ``module.``, ``backbone.`` and timm feature keys."""
+    """Unwrap ``state_dict``/``model`` wrappers, ``module.``/``backbone.`` prefixes, timm keys."""
     state = checkpoint
     while isinstance(state, Mapping) and not _has_tensors(state):
         inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None)

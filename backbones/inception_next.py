@@ -2,7 +2,8 @@
 
 The modules and parameter names follow the official code (sail-sg/inceptionnext) and timm's
 ``inception_next.py``, so the published ImageNet checkpoints load without a remapping table:
-``stem.{0,1}``, ``stages.{i}.downsample.{0,1}``, ``stages.{i}.blocks.{j}.{token_mixer,norm,mlp,gamma}``.
+``stem.{0,1}``, ``stages.{i}.downsample.{0,1}``,
+``stages.{i}.blocks.{j}.{token_mixer,norm,mlp,gamma}``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ ARCH_SETTINGS = {
 ARCH_DEFAULTS = dict(square_kernel_size=3, band_kernel_size=11, branch_ratio=0.125,
                      mlp_ratios=(4, 4, 4, 3))
 
+DEFAULT_OUT_NORM = dict(type='LN2d', eps=1e-6)  # ConvNeXt's per-output LayerNorm
+
 
 class InceptionDWConv2d(nn.Module):
     """Inception depthwise convolution: identity, k x k, 1 x band and band x 1 channel branches."""
@@ -51,7 +54,8 @@ class InceptionDWConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_id, x_hw, x_w, x_h = torch.split(x, self.split_indexes, dim=1)
-        return torch.cat((x_id, self.dwconv_hw(x_hw), self.dwconv_w(x_w), self.dwconv_h(x_h)), dim=1)
+        return torch.cat((x_id, self.dwconv_hw(x_hw), self.dwconv_w(x_w), self.dwconv_h(x_h)),
+                         dim=1)
 
 
 class ConvMlp(nn.Module):
@@ -124,7 +128,8 @@ def _resolve_arch(arch: str | dict) -> dict:
                               f'{sorted(ARCH_SETTINGS)} or a dict with depths and dims')
         return {**ARCH_DEFAULTS, **ARCH_SETTINGS[arch]}
     if not isinstance(arch, dict):
-        raise ConfigError(f'InceptionNeXt: arch must be a name or a dict, got {type(arch).__name__}')
+        raise ConfigError(f'InceptionNeXt: arch must be a name or a dict, '
+                          f'got {type(arch).__name__}')
     unknown = set(arch) - set(ARCH_DEFAULTS) - {'depths', 'dims'}
     missing = {'depths', 'dims'} - set(arch)
     if unknown or missing:
@@ -135,7 +140,8 @@ def _resolve_arch(arch: str | dict) -> dict:
         value = settings[key]
         if (not isinstance(value, Sequence) or len(value) != 4
                 or not all(isinstance(v, (int, float)) and v > 0 for v in value)):
-            raise ConfigError(f'InceptionNeXt: arch {key} must be 4 positive numbers, got {value!r}')
+            raise ConfigError(f'InceptionNeXt: arch {key} must be 4 positive numbers, '
+                              f'got {value!r}')
     return settings
 
 
@@ -165,7 +171,7 @@ class InceptionNeXt(BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  drop_path_rate: float = 0.0,
                  layer_scale_init_value: float = 1e-6,
-                 out_norm_cfg: dict | None = dict(type='LN2d', eps=1e-6),
+                 out_norm_cfg: dict | None = DEFAULT_OUT_NORM,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,

@@ -35,7 +35,8 @@ def test_out_indices(out_indices, expected):
     outs = model(torch.randn(2, 3, 64, 64))
     assert len(outs) == len(expected)
     for o, i in zip(outs, expected):
-        assert o.shape == (2, ARCH_SETTINGS['atto']['dims'][i], 64 // 4 // 2 ** i, 64 // 4 // 2 ** i)
+        side = 64 // 4 // 2 ** i
+        assert o.shape == (2, ARCH_SETTINGS['atto']['dims'][i], side, side)
     assert {f'norm{i}' for i in expected} <= {n for n, _ in model.named_children()}
 
 

@@ -1,4 +1,4 @@
-# Cascade Mask R-CNN (4conv1fc GIoU heads) + FPN + InceptionNeXt-B on COCO, 3x multi-scale + crop, with the T recipe.
+# InceptionNeXt-B: the recipe of cascade-mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py
 _base_ = ['./cascade-mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py']
 checkpoint_file = 'https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_base.pth'  # noqa
 model = dict(

@@ -1,4 +1,4 @@
-# Mask R-CNN + FPN + InceptionNeXt-S on COCO, 1x schedule (12 epochs, steps at 8 and 11), single with the T recipe.
+# InceptionNeXt-S: the recipe of mask-rcnn_inceptionnext-t_fpn_1x_coco.py
 _base_ = ['./mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
 checkpoint_file = 'https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_small.pth'  # noqa
 model = dict(

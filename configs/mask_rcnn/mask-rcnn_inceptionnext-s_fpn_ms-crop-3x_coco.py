@@ -1,4 +1,4 @@
-# Mask R-CNN + FPN + InceptionNeXt-S on COCO, 3x (36 epochs, steps at 27 and 33), multi-scale with the T recipe.
+# InceptionNeXt-S: the recipe of mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py
 _base_ = ['./mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py']
 checkpoint_file = 'https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_small.pth'  # noqa
 model = dict(
