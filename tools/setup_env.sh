@@ -16,7 +16,8 @@ MMCV_VERSION=2.1.0
 STAMP="$VENV/.setup-stamp"
 
 say() { echo "[setup] $*"; }
-pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+quiet() { grep -v "^WARNING: Location '.*' is ignored" >&2 || true; }  # local index noise
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@" 2> >(quiet); }
 verify() {
   "$PY" - <<'PY' 2>/dev/null
 import mmcv.ops, mmdet, mmseg, timm, torch, backbones  # noqa: F401
@@ -66,7 +67,7 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
     "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
-      "mmcv==$MMCV_VERSION" -d "$build"
+      "mmcv==$MMCV_VERSION" -d "$build" 2> >(quiet)
     tar -xzf "$build"/mmcv-$MMCV_VERSION.tar.gz -C "$build"
     # torch >= 2.6 headers need C++20; mmcv 2.1.0 hard-codes C++17 (open-mmlab/mmcv#3341).
     sed -i 's/-std=c++17/-std=c++20/g' "$build/mmcv-$MMCV_VERSION/setup.py"

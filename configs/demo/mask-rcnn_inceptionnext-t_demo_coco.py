@@ -1,0 +1,43 @@
+# Mask R-CNN + InceptionNeXt-T (the COCO 1x recipe) shrunk to what a 2-core CPU can train in minutes
+# on the embedded demo set (`make demo-data`): data root, 128x128 images and batch 4, a short
+# schedule (12 epochs of the demo set, higher peak lr from scratch), fewer RoIs per image.
+# Everything else (backbone, FPN, RPN and RoI heads, losses, optimizer, lr decay) is the real config.
+_base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
+data_root = 'data/demo/coco/'
+max_epochs = 12
+model = dict(
+    backbone=dict(init_cfg=None),  # no download here: from scratch unless tools/demo.py finds one
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=300),
+                   rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=4, num_workers=2,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=1, dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+optim_wrapper = dict(optimizer=dict(lr=4e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11],
+         gamma=0.1)
+]
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+default_hooks = dict(
+    logger=dict(interval=20),
+    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))

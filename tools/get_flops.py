@@ -1,0 +1,108 @@
+"""Parameters and FLOPs of a detector or segmentor, and of its backbone alone, without weights.
+
+    python tools/get_flops.py configs/upernet_inceptionnext_t_ade20k.py [--shape 512 2048]
+
+FLOPs follow mmengine's (and fvcore's) convention: one fused multiply-add counts as one FLOP.
+Segmentors are measured without their auxiliary head (it is dropped at inference), detectors on
+the input padded to the data preprocessor's size divisor, as upstream get_flops.py does.
+"""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import torch
+import torch.nn as nn
+from mmengine.analysis import get_model_complexity_info
+from mmengine.config import Config, DictAction
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
+
+from backbones.cli import load_config, one_line_errors, task_of
+from backbones.errors import ConfigError
+
+DEFAULT_SHAPE = {'seg': (512, 512), 'det': (1280, 800)}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Get the params and FLOPs of a model')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--shape', type=int, nargs='+', metavar='SIZE',
+                        help='input height and width, or one number for a square input '
+                        '(default: 512 512 for segmentors, 1280 800 for detectors)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.backbone.arch=small')
+    return parser.parse_args()
+
+
+def input_shape(shape: list[int] | None, task: str) -> tuple[int, int]:
+    """``--shape`` as (height, width), the task's default if not given."""
+    if shape is None:
+        return DEFAULT_SHAPE[task]
+    if len(shape) not in (1, 2) or min(shape) < 32:
+        raise ConfigError(f'--shape {" ".join(map(str, shape))}: give H W (or one size for a '
+                          'square input), each at least 32')
+    return (shape[0], shape[-1])
+
+
+def build_model(cfg: Config, task: str) -> nn.Module:
+    """Build the model of ``cfg`` in eval mode, with random weights (no download)."""
+    init_default_scope(cfg.default_scope)
+    if task == 'seg':
+        from mmseg.registry import MODELS
+    else:
+        from mmdet.registry import MODELS
+    if isinstance(cfg.model.get('backbone'), dict):
+        cfg.model.backbone.init_cfg = None
+    cfg.model.pop('pretrained', None)
+    model = MODELS.build(cfg.model)
+    if task == 'seg' and getattr(model, 'auxiliary_head', None) is not None:
+        model.auxiliary_head = None
+    return revert_sync_batchnorm(model).eval()
+
+
+def model_inputs(model: nn.Module, task: str, hw: tuple[int, int]) -> torch.Tensor:
+    """The input tensor of the measurement; detectors get their image metas bound to forward."""
+    image = torch.rand(3, *hw) * 255
+    if task == 'seg':
+        return (image - 127.5)[None] / 64.0
+    from mmdet.structures import DetDataSample
+    sample = DetDataSample(metainfo=dict(ori_shape=hw, img_shape=hw, scale_factor=(1.0, 1.0)))
+    data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
+    model.forward = partial(model.forward, data_samples=data['data_samples'], mode='tensor')
+    return data['inputs']
+
+
+def complexity(module: nn.Module, inputs: torch.Tensor) -> tuple[float, float]:
+    """(params in M, FLOPs in G) of ``module`` on ``inputs``."""
+    with torch.no_grad():
+        info = get_model_complexity_info(module, inputs=(inputs,), show_table=False,
+                                         show_arch=False)
+    return info['params'] / 1e6, info['flops'] / 1e9
+
+
+@one_line_errors
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    task = task_of(cfg)
+    hw = input_shape(args.shape, task)
+    model = build_model(cfg, task)
+    inputs = model_inputs(model, task, hw)
+    rows = [('model', *complexity(model, inputs))]
+    if getattr(model, 'backbone', None) is not None:
+        rows.append(('backbone', *complexity(model.backbone, inputs)))
+    padded = tuple(inputs.shape[-2:])
+    note = f' (padded from {hw[0]}x{hw[1]})' if padded != hw else ''
+    print(f'config: {args.config}')
+    print(f'input:  1x3x{padded[0]}x{padded[1]}{note}'
+          + (', without auxiliary head' if task == 'seg' else ''))
+    print(f'{"module":<10}{"params (M)":>12}{"FLOPs (G)":>12}')
+    for name, params, flops in rows:
+        print(f'{name:<10}{params:>12.2f}{flops:>12.2f}')
+    print('FLOPs count one multiply-add as one FLOP; check that all ops are supported before '
+          'quoting them.')
+
+
+if __name__ == '__main__':
+    main()
