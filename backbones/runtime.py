@@ -21,14 +21,14 @@ from mmengine.runner.amp import autocast
 from mmengine.runner.checkpoint import CheckpointLoader
 
 
-def _load_trusted_local(filename: str, map_location=None) -> dict:
+def load_from_trusted_local(filename: str, map_location=None) -> dict:
     """mmengine's local loader, with the pickle loading mmengine was written for."""
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     return torch.load(filename, map_location=map_location, weights_only=False)
 
 
-CheckpointLoader.register_scheme(prefixes='', loader=_load_trusted_local, force=True)
+CheckpointLoader.register_scheme(prefixes='', loader=load_from_trusted_local, force=True)
 
 
 @OPTIM_WRAPPERS.register_module()

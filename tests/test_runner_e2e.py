@@ -59,9 +59,10 @@ FAMILIES = {
                 "model.neck.in_channels=[40,80,160,320] model.neck.out_channels=32 "
                 "model.decode_head.in_channels=[32,32,32,32] model.decode_head.channels=16"),
     'mask_rcnn': ('configs/mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py', DET_TAIL,
-                  "model.neck.in_channels=[40,80,160,320]"),
+                  "model.neck.in_channels=[40,80,160,320] model.test_cfg.rcnn.score_thr=0.0"),
     'cascade': ('configs/cascade_mask_rcnn/'
-                'cascade-mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py', DET_TAIL, "model.neck.in_channels=[40,80,160,320]"),
+                'cascade-mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py', DET_TAIL,
+                "model.neck.in_channels=[40,80,160,320] model.test_cfg.rcnn.score_thr=0.0"),
 }
 
 

@@ -13,7 +13,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from mmengine.analysis import get_model_complexity_info
+from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
@@ -45,8 +45,9 @@ def input_shape(shape: list[int] | None, task: str) -> tuple[int, int]:
     return (shape[0], shape[-1])
 
 
-def build_model(cfg: Config, task: str) -> nn.Module:
-    """Build the model of ``cfg`` in eval mode, with random weights (no download)."""
+def build_model(cfg: Config, task: str) -> tuple[nn.Module, float | None]:
+    """The model of ``cfg`` in eval mode with random weights (no download), and the params (M)
+    of the auxiliary head it drops (segmentors; None if it has none)."""
     init_default_scope(cfg.default_scope)
     if task == 'seg':
         from mmseg.registry import MODELS
@@ -56,9 +57,11 @@ def build_model(cfg: Config, task: str) -> nn.Module:
         cfg.model.backbone.init_cfg = None
     cfg.model.pop('pretrained', None)
     model = MODELS.build(cfg.model)
+    aux = None
     if task == 'seg' and getattr(model, 'auxiliary_head', None) is not None:
+        aux = sum(p.numel() for p in model.auxiliary_head.parameters()) / 1e6
         model.auxiliary_head = None
-    return revert_sync_batchnorm(model).eval()
+    return revert_sync_batchnorm(model).eval(), aux
 
 
 def model_inputs(model: nn.Module, task: str, hw: tuple[int, int]) -> torch.Tensor:
@@ -73,12 +76,18 @@ def model_inputs(model: nn.Module, task: str, hw: tuple[int, int]) -> torch.Tens
     return data['inputs']
 
 
-def complexity(module: nn.Module, inputs: torch.Tensor) -> tuple[float, float]:
-    """(params in M, FLOPs in G) of ``module`` on ``inputs``."""
+def complexity(module: nn.Module, inputs: torch.Tensor) -> tuple[float, float, list[str]]:
+    """(params in M, FLOPs in G, ops the counter skips) of ``module`` on ``inputs``.
+
+    ``FlopAnalyzer`` is the counter behind ``get_model_complexity_info``, used directly to skip
+    its second (activation) trace and to list the uncounted ops instead of warning per module.
+    """
     with torch.no_grad():
-        info = get_model_complexity_info(module, inputs=(inputs,), show_table=False,
-                                         show_arch=False)
-    return info['params'] / 1e6, info['flops'] / 1e9
+        flops = (FlopAnalyzer(module, (inputs,)).unsupported_ops_warnings(False)
+                 .uncalled_modules_warnings(False))
+        total = flops.total()
+    skipped = sorted(op.replace('aten::', '') for op in flops.unsupported_ops())
+    return parameter_count(module)[''] / 1e6, total / 1e9, skipped
 
 
 @one_line_errors
@@ -87,21 +96,24 @@ def main() -> None:
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
     hw = input_shape(args.shape, task)
-    model = build_model(cfg, task)
+    torch.manual_seed(0)  # detectors: the number of proposals, hence the FLOPs, depend on weights
+    model, aux = build_model(cfg, task)
     inputs = model_inputs(model, task, hw)
-    rows = [('model', *complexity(model, inputs))]
+    total_params, flops, skipped = complexity(model, inputs)
+    rows = [('model', f'{total_params:.2f}', f'{flops:.2f}')]
     if getattr(model, 'backbone', None) is not None:
-        rows.append(('backbone', *complexity(model.backbone, inputs)))
+        params, flops, _ = complexity(model.backbone, inputs)
+        rows.append(('backbone', f'{params:.2f}', f'{flops:.2f}'))
+    if aux is not None:
+        rows.append(('model + auxiliary head', f'{total_params + aux:.2f}', '-'))
     padded = tuple(inputs.shape[-2:])
     note = f' (padded from {hw[0]}x{hw[1]})' if padded != hw else ''
     print(f'config: {args.config}')
-    print(f'input:  1x3x{padded[0]}x{padded[1]}{note}'
-          + (', without auxiliary head' if task == 'seg' else ''))
-    print(f'{"module":<10}{"params (M)":>12}{"FLOPs (G)":>12}')
+    print(f'input:  1x3x{padded[0]}x{padded[1]}{note}')
+    print(f'{"module":<24}{"params (M)":>12}{"FLOPs (G)":>12}')
     for name, params, flops in rows:
-        print(f'{name:<10}{params:>12.2f}{flops:>12.2f}')
-    print('FLOPs count one multiply-add as one FLOP; check that all ops are supported before '
-          'quoting them.')
+        print(f'{name:<24}{params:>12}{flops:>12}')
+    print('one multiply-add counts as one FLOP; not counted: ' + (', '.join(skipped) or 'none'))
 
 
 if __name__ == '__main__':

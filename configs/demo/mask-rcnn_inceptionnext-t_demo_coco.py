@@ -1,7 +1,8 @@
 # Mask R-CNN + InceptionNeXt-T (the COCO 1x recipe) shrunk to what a 2-core CPU can train in minutes
 # on the embedded demo set (`make demo-data`): data root, 128x128 images and batch 4, a short
 # schedule (12 epochs of the demo set, higher peak lr from scratch), fewer RoIs per image.
-# Everything else (backbone, FPN, RPN and RoI heads, losses, optimizer, lr decay) is the real config.
+# Everything else (backbone, FPN, RPN and RoI heads, losses, optimizer, lr decay) is the real
+# config.
 _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
 data_root = 'data/demo/coco/'
 max_epochs = 12

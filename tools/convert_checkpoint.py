@@ -1,0 +1,192 @@
+"""Convert checkpoints: ImageNet weights to a clean backbone file, or a trained model to a release.
+
+    # official/timm .pth/.bin/.safetensors (with or without the head, wrapped or not)
+    python tools/convert_checkpoint.py inceptionnext_tiny.pth pretrain/inceptionnext_t.pth
+    # trained mmengine checkpoint -> weights-only release file name-<sha256[:8]>.pth
+    python tools/convert_checkpoint.py work_dirs/x/iter_160000.pth release/upernet_t.pth
+
+``--mode auto`` (default) makes a release from a checkpoint whose ``state_dict`` holds
+``backbone.*`` together with other model parts (necks, heads), and a backbone file otherwise;
+``--mode backbone`` extracts the backbone of a trained detector or segmentor as well.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import os.path as osp
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+
+import torch
+
+from backbones.checkpoint import HEAD_PREFIX, extract_state_dict, read_checkpoint
+from backbones.cli import one_line_errors
+from backbones.errors import CheckpointError, ConfigError
+from backbones.inception_next import ARCH_SETTINGS, InceptionNeXt
+
+RELEASE_META_KEYS = ('dataset_meta', 'mmengine_version', 'epoch', 'iter')
+_BLOCK_KEY = re.compile(r'^stages\.(\d)\.blocks\.(\d+)\.')
+_OUT_NORM_KEY = re.compile(r'^norm(\d)\.')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Convert an InceptionNeXt checkpoint')
+    parser.add_argument('src', help='.pth, .bin or .safetensors checkpoint')
+    parser.add_argument('dst', help='output file (release mode appends -<sha256[:8]>.pth)')
+    parser.add_argument('--arch', default='auto', choices=['auto', *ARCH_SETTINGS],
+                        help='backbone mode: the arch to verify against (default: detect it)')
+    parser.add_argument('--mode', default='auto', choices=['auto', 'backbone', 'release'],
+                        help='backbone: clean backbone state dict; release: trained model '
+                        'without optimizer state (default: by the checkpoint contents)')
+    return parser.parse_args()
+
+
+def model_state(checkpoint: Mapping) -> Mapping | None:
+    """The ``state_dict`` of an mmengine checkpoint, None for other files."""
+    state = checkpoint.get('state_dict')
+    return state if isinstance(state, Mapping) else None
+
+
+def is_trained_model(checkpoint: Mapping) -> bool:
+    """True for a detector/segmentor checkpoint: backbone.* keys next to other model parts."""
+    state = model_state(checkpoint) or {}
+    keys = [k.removeprefix('module.') for k in state]
+    return (any(k.startswith('backbone.') for k in keys)
+            and any(not k.startswith(('backbone.', 'data_preprocessor.')) for k in keys))
+
+
+def detect_arch(state: Mapping[str, torch.Tensor], source: str) -> str:
+    """The ``ARCH_SETTINGS`` name whose depths and dims the keys and shapes of ``state`` match."""
+    blocks: dict[int, int] = {}
+    for key in state:
+        m = _BLOCK_KEY.match(key)
+        if m:
+            stage, block = int(m.group(1)), int(m.group(2))
+            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    if sorted(blocks) != [0, 1, 2, 3] or 'stem.0.weight' not in state:
+        raise CheckpointError(f'{source} is not an InceptionNeXt checkpoint: no stem.0 and '
+                              f'stages.0-3.blocks keys (first keys: {list(state)[:3]})')
+    depths = tuple(blocks[i] for i in range(4))
+    fc2 = [state.get(f'stages.{i}.blocks.0.mlp.fc2.weight') for i in range(4)]
+    dims = tuple(int(w.shape[0]) if isinstance(w, torch.Tensor) else -1 for w in fc2)
+    found = [name for name, s in ARCH_SETTINGS.items()
+             if tuple(s['depths']) == depths and tuple(s['dims']) == dims]
+    if len(found) != 1:
+        what = 'matches several archs: ' + ', '.join(found) if found else 'matches no known arch'
+        raise CheckpointError(f'{source}: depths {depths} and dims {dims} {what} (known: '
+                              + '; '.join(f'{n} {tuple(s["depths"])} {tuple(s["dims"])}'
+                                          for n, s in ARCH_SETTINGS.items()) + ')')
+    return found[0]
+
+
+def backbone_state(checkpoint: Mapping, source: str, arch: str) -> tuple[dict, str]:
+    """The backbone tensors of ``checkpoint`` without the head, verified by a strict load."""
+    state = extract_state_dict(checkpoint, source)
+    state = {k: v.contiguous() for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    detected = detect_arch(state, source)
+    if arch not in ('auto', detected):
+        raise CheckpointError(f'{source} is an InceptionNeXt-{detected} checkpoint, not '
+                              f'--arch {arch}; use --arch {detected} or --arch auto')
+    norms = sorted({int(m.group(1)) for k in state if (m := _OUT_NORM_KEY.match(k))})
+    model = (InceptionNeXt(detected, out_indices=norms) if norms
+             else InceptionNeXt(detected, out_norm_cfg=None))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        raise CheckpointError(f'{source} does not load strictly into InceptionNeXt-{detected}: '
+                              f'{" ".join(lines)[:300]}') from None
+    return state, detected
+
+
+def release_checkpoint(checkpoint: Mapping) -> dict:
+    """Model weights and a minimal meta: no optimizer, scheduler, message hub or EMA state."""
+    state = {k.removeprefix('module.'): v for k, v in model_state(checkpoint).items()
+             if not k.removeprefix('module.').startswith('data_preprocessor.')}
+    meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), Mapping) else {}
+    return {'state_dict': state, 'meta': {k: meta[k] for k in RELEASE_META_KEYS if k in meta}}
+
+
+def write_atomic(dst: str, write: Callable[[str], None],
+                 final_name: Callable[[str], str] | None = None) -> str:
+    """Write through ``write(tmp)`` into a temporary file next to ``dst``, then rename it to
+    ``final_name(sha256)`` or ``dst``: a failure never leaves a partial output. Returns the path."""
+    folder = osp.dirname(osp.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        final = final_name(sha256(tmp)) if final_name else dst
+        os.replace(tmp, final)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_backbone(state: dict, dst: str) -> str:
+    """Save a flat state dict (``.safetensors`` if ``dst`` is named so, else ``torch.save``)."""
+    if dst.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        return write_atomic(dst, lambda tmp: save_file(state, tmp))
+    return write_atomic(dst, lambda tmp: torch.save(state, tmp))
+
+
+def save_release(release: dict, dst: str) -> str:
+    """Save as ``<dst without .pth>-<sha256[:8]>.pth`` (OpenMMLab's publish_model naming)."""
+    if dst.endswith('.safetensors'):
+        raise ConfigError(f'{dst}: a release file holds meta data too; name it .pth')
+    stem = dst[:-len('.pth')] if dst.endswith('.pth') else dst
+    return write_atomic(dst, lambda tmp: torch.save(release, tmp),
+                        final_name=lambda sha: f'{stem}-{sha[:8]}.pth')
+
+
+@one_line_errors
+def main() -> None:
+    args = parse_args()
+    if osp.abspath(args.src) == osp.abspath(args.dst):
+        raise ConfigError('SRC and DST are the same file; write the conversion elsewhere')
+    if not osp.isfile(args.src):
+        raise CheckpointError(f'checkpoint not found: {args.src}')
+    checkpoint = read_checkpoint(args.src)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f'{args.src} holds a {type(checkpoint).__name__}, not a '
+                              'checkpoint dict')
+    mode = args.mode
+    if mode == 'auto':
+        mode = 'release' if is_trained_model(checkpoint) else 'backbone'
+    if mode == 'release':
+        if model_state(checkpoint) is None:
+            raise CheckpointError(f'{args.src} has no state_dict of a trained model; '
+                                  '--mode release needs an mmengine checkpoint')
+        release = release_checkpoint(checkpoint)
+        dropped = sorted(k for k in checkpoint if k not in ('state_dict', 'meta'))
+        final = save_release(release, args.dst)
+        print(f'release: {len(release["state_dict"])} tensors, meta keys '
+              f'{sorted(release["meta"])}; dropped {", ".join(dropped) or "nothing"}')
+        print(final)
+        return
+    state, arch = backbone_state(checkpoint, args.src, args.arch)
+    final = save_backbone(state, args.dst)
+    n = sum(v.numel() for v in state.values() if v.is_floating_point()) / 1e6
+    print(f'backbone: InceptionNeXt-{arch}, {len(state)} tensors ({n:.2f} M values), '
+          f'loads strictly')
+    print(final)
+
+
+if __name__ == '__main__':
+    main()

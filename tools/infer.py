@@ -1,0 +1,189 @@
+"""Run a trained detector or segmentor on images and save the painted predictions as PNG files.
+
+    python tools/infer.py CONFIG CHECKPOINT demo.jpg images/ [--out-dir DIR] [--deploy]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import re
+from collections.abc import Mapping
+
+import mmcv
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config, DictAction
+from mmengine.model import revert_sync_batchnorm
+
+from backbones.checkpoint import read_checkpoint  # importing backbones registers the loader
+from backbones.cli import load_config, one_line_errors, task_of
+from backbones.errors import CheckpointError, ConfigError, DataError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Paint the predictions of a model on images')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('images', nargs='+', help='image files or directories of images')
+    parser.add_argument('--out-dir', default='work_dirs/infer',
+                        help='directory for the painted PNG files (default: work_dirs/infer)')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    parser.add_argument('--deploy', action='store_true', help='fold BatchNorms and layer scales '
+                        'of the InceptionNeXt backbone for faster inference (same outputs)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detectors: draw boxes and masks scoring at least this')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
+    return parser.parse_args()
+
+
+def collect_images(paths: list[str]) -> list[str]:
+    """Image files named directly or found (not recursively) in the given directories."""
+    images = []
+    for path in paths:
+        if osp.isdir(path):
+            found = sorted(osp.join(path, f) for f in os.listdir(path)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise DataError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in directory {path}')
+            images += found
+        elif osp.isfile(path):
+            images.append(path)
+        else:
+            raise DataError(f'image not found: {path}')
+    return images
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it, else a ConfigError."""
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', device):
+        raise ConfigError(f'--device {device}: expected cpu, cuda or cuda:N')
+    if device != 'cpu' and not torch.cuda.is_available():
+        raise ConfigError(f'--device {device}: CUDA is not available here; use --device cpu')
+    return device
+
+
+def load_weights(model: nn.Module, checkpoint: Mapping, path: str) -> None:
+    """Load a (wrapped) state dict into ``model`` after checking names and shapes."""
+    state = checkpoint.get('state_dict', checkpoint)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f'{path} holds no state dict')
+    state = {k.removeprefix('module.'): v for k, v in state.items()
+             if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    matched = [k for k in state if k in own]
+    if not matched:
+        raise CheckpointError(f'no weight of {path} matches the model of the config (first '
+                              f'keys: {list(state)[:3]}); is it a checkpoint of this config?')
+    wrong = [k for k in matched if state[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f'{path} does not fit the config: {len(wrong)} shape mismatches, '
+                              f'e.g. {k} is {tuple(state[k].shape)} in the checkpoint but '
+                              f'{tuple(own[k].shape)} in the model')
+    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
+    if missing:
+        print(f'warning: {len(missing)} model tensors are not in {path} and keep random '
+              f'values, e.g. {", ".join(missing[:3])}')
+    model.load_state_dict({k: state[k] for k in matched}, strict=False)
+
+
+def dataset_meta(cfg: Config, checkpoint: Mapping, task: str) -> dict | None:
+    """Class names and palette: the checkpoint's, else those of the config's test dataset."""
+    meta = checkpoint.get('meta')
+    if isinstance(meta, Mapping) and isinstance(meta.get('dataset_meta'), Mapping):
+        return {k.lower(): v for k, v in meta['dataset_meta'].items()}
+    if task == 'seg':
+        from mmseg.registry import DATASETS
+    else:
+        from mmdet.registry import DATASETS
+    dataset_type = cfg.get('test_dataloader', {}).get('dataset', {}).get('type')
+    dataset = DATASETS.get(dataset_type) if isinstance(dataset_type, str) else None
+    return dict(dataset.METAINFO) if dataset is not None and dataset.METAINFO else None
+
+
+def build(cfg: Config, task: str, device: str) -> tuple[nn.Module, object]:
+    """The model (without weights, in eval mode) and a visualizer for the task."""
+    cfg.model.backbone.init_cfg = None
+    if task == 'seg':
+        from mmseg.apis import init_model
+        from mmseg.visualization import SegLocalVisualizer
+        model = init_model(cfg, None, device='cpu')
+        visualizer = SegLocalVisualizer(name='infer', alpha=0.5)
+    else:
+        from mmdet.apis import init_detector
+        from mmdet.visualization import DetLocalVisualizer
+        model = init_detector(cfg, None, device='cpu')
+        visualizer = DetLocalVisualizer(name='infer')
+    return revert_sync_batchnorm(model), visualizer
+
+
+def predict(model: nn.Module, image: np.ndarray, task: str):
+    if task == 'seg':
+        from mmseg.apis import inference_model
+        return inference_model(model, image)
+    from mmdet.apis import inference_detector
+    return inference_detector(model, image)
+
+
+def out_path(out_dir: str, image: str, used: set[str]) -> str:
+    stem = osp.splitext(osp.basename(image))[0]
+    name, n = f'{stem}.png', 1
+    while name in used:
+        name, n = f'{stem}_{n}.png', n + 1
+    used.add(name)
+    return osp.join(out_dir, name)
+
+
+@one_line_errors
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    task = task_of(cfg)
+    device = check_device(args.device)
+    images = collect_images(args.images)
+    if not osp.isfile(args.checkpoint):
+        raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
+    checkpoint = read_checkpoint(args.checkpoint)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f'{args.checkpoint} holds a {type(checkpoint).__name__}, not a '
+                              'checkpoint dict')
+    model, visualizer = build(cfg, task, device)
+    load_weights(model, checkpoint, args.checkpoint)
+    meta = dataset_meta(cfg, checkpoint, task)
+    if meta:
+        model.dataset_meta = meta
+    if args.deploy:
+        if not hasattr(getattr(model, 'backbone', None), 'fuse'):
+            raise ConfigError('--deploy: the backbone of this model has no fuse()')
+        model.eval()
+        model.backbone.fuse()
+    model.to(device).eval()
+    if task == 'seg':
+        visualizer.set_dataset_meta(classes=model.dataset_meta.get('classes'),
+                                    palette=model.dataset_meta.get('palette'))
+    else:
+        visualizer.dataset_meta = model.dataset_meta
+    os.makedirs(args.out_dir, exist_ok=True)
+    used: set[str] = set()
+    for path in images:
+        try:
+            image = mmcv.imread(path)
+        except Exception:  # noqa: BLE001  (any decoder failure is a bad input file)
+            image = None
+        if image is None:
+            raise DataError(f'cannot read image {path} (not an image, or a corrupt file)')
+        result = predict(model, image, task)
+        out_file = out_path(args.out_dir, path, used)
+        extra = {} if task == 'seg' else {'pred_score_thr': args.score_thr}
+        visualizer.add_datasample(osp.basename(path), mmcv.bgr2rgb(image), result,
+                                  draw_gt=False, show=False, out_file=out_file, **extra)
+        print(f'{path} -> {out_file}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,30 @@
+"""Print the fully resolved config (bases merged, ``--cfg-options`` applied and checked).
+
+    python tools/print_config.py configs/upernet_inceptionnext_t_ade20k.py [--cfg-options ...]
+"""
+from __future__ import annotations
+
+import argparse
+
+from mmengine.config import DictAction
+
+from backbones.cli import load_config, one_line_errors
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Print the whole config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.backbone.arch=small')
+    return parser.parse_args()
+
+
+@one_line_errors
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    print(cfg.pretty_text)
+
+
+if __name__ == '__main__':
+    main()
