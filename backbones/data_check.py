@@ -1,9 +1,11 @@
 """Check, before a run starts, that the datasets a config names exist and are not empty."""
 from __future__ import annotations
 
+import json
 import os
 import os.path as osp
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from mmengine.config import Config
 
@@ -54,3 +56,25 @@ def check_data_roots(cfg: Config, loaders: Iterable[str]) -> None:
                 path = osp.join(root, sub) if isinstance(sub, str) else None
                 if path and not _non_empty_dir(path):
                     raise DataError(f'{path} ({loader}) is missing or empty: {hint}')
+
+
+@contextmanager
+def readable_data_errors(cfg: Config):
+    """Turn an unreadable image or an annotation file that does not parse into a ``DataError``."""
+    try:
+        yield
+    except json.JSONDecodeError as e:
+        anns = sorted({osp.join(ds.get('data_root') or '', ds['ann_file'])
+                       for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+                       for ds in _datasets((cfg.get(loader) or {}).get('dataset'))
+                       if ds.get('ann_file')})
+        raise DataError(f'an annotation file does not parse as JSON ({e.msg} at line {e.lineno}, '
+                        f'column {e.colno}); the config reads {", ".join(anns)}: re-download or '
+                        f'regenerate it') from None
+    except AssertionError as e:  # also re-raised from DataLoader workers, traceback in the text
+        found = [line for line in str(e).splitlines() if 'failed to load image' in line]
+        if not found:
+            raise
+        message = found[-1].split('AssertionError:')[-1].strip()
+        raise DataError(f'{message}: the file is unreadable or not an image; replace it or '
+                        f'remove it from the dataset') from None

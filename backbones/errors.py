@@ -15,3 +15,7 @@ class CheckpointError(UserError, RuntimeError):
 
 class DataError(UserError, FileNotFoundError):
     """A dataset that is missing, empty or unreadable."""
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """Training produced a non-finite loss."""

@@ -4,6 +4,8 @@
   ``weights_only`` default refuses (mmengine#1655): local checkpoints load as mmengine intended.
 - ``--amp`` on a machine without CUDA uses bfloat16 autocast (``BF16AmpOptimWrapper``).
 - Distributed runs without CUDA use gloo, CPU DDP and BatchNorm instead of SyncBN.
+- Checkpoints are written atomically, old ones removed only after a new one is complete, and a
+  non-finite loss stops training (``add_safety_hooks``).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
+from mmengine.runner import runner as mmengine_runner
 from mmengine.runner.amp import autocast
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner.checkpoint import CheckpointLoader, find_latest_checkpoint
 
 
 def load_from_trusted_local(filename: str, map_location=None) -> dict:
@@ -29,6 +32,23 @@ def load_from_trusted_local(filename: str, map_location=None) -> dict:
 
 
 CheckpointLoader.register_scheme(prefixes='', loader=load_from_trusted_local, force=True)
+
+
+def save_checkpoint_atomic(checkpoint: dict, filename: str, **kwargs) -> None:
+    """Save to ``filename.tmp`` then rename: a killed save never leaves a partial checkpoint."""
+    if '://' in str(filename):
+        return _save_checkpoint(checkpoint, filename, **kwargs)
+    os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
+    tmp = f'{filename}.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, filename)
+
+
+_save_checkpoint = mmengine_runner.save_checkpoint
+mmengine_runner.save_checkpoint = save_checkpoint_atomic  # used by Runner.save_checkpoint
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -84,3 +104,23 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
         # mmengine's launcher calls torch.cuda.set_device, which fails without CUDA.
         dist.init_process_group('gloo', rank=int(os.environ['RANK']),
                                 world_size=int(os.environ['WORLD_SIZE']))
+
+
+def add_safety_hooks(cfg: Config) -> None:
+    """Atomic checkpointing and a stop on non-finite losses, for any config."""
+    checkpoint = cfg.get('default_hooks', {}).get('checkpoint')
+    if checkpoint and checkpoint.get('type') == 'CheckpointHook':
+        checkpoint['type'] = 'AtomicCheckpointHook'
+    hooks = list(cfg.get('custom_hooks', []))
+    if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
+        cfg.custom_hooks = [*hooks, dict(type='FiniteLossHook', priority='VERY_HIGH')]
+
+
+def latest_complete_checkpoint(work_dir: str) -> str | None:
+    """``last_checkpoint``'s target if it exists, else the newest ``*.pth`` in ``work_dir``."""
+    last = find_latest_checkpoint(work_dir)
+    if last and os.path.isfile(last):
+        return last
+    candidates = [os.path.join(work_dir, f) for f in os.listdir(work_dir) if f.endswith('.pth')] \
+        if os.path.isdir(work_dir) else []
+    return max(candidates, key=os.path.getmtime) if candidates else None

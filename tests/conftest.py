@@ -5,6 +5,8 @@ import pytest
 import timm
 import torch
 
+from backbones.demo_data import make_ade20k, make_coco
+
 TIMM_NAMES = {'atto': 'inception_next_atto', 'tiny': 'inception_next_tiny',
               'small': 'inception_next_small', 'base': 'inception_next_base'}
 
@@ -37,3 +39,12 @@ def atto_ckpt(tmp_path_factory, timm_atto) -> str:
     path = tmp_path_factory.mktemp('ckpt') / 'inceptionnext_atto.pth'
     torch.save(timm_atto.state_dict(), path)
     return str(path)
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory) -> dict[str, str]:
+    """Demo-format ADE20K and COCO sets of 4 + 2 images of 64x64."""
+    root = tmp_path_factory.mktemp('data')
+    make_ade20k(str(root / 'ade'), n_train=4, n_val=2, size=64)
+    make_coco(str(root / 'coco'), n_train=4, n_val=2, size=64)
+    return dict(seg=str(root / 'ade' / 'ADEChallengeData2016'), det=str(root / 'coco'))

@@ -12,7 +12,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from backbones.cli import default_work_dir, load_config, one_line_errors, task_of
-from backbones.data_check import check_data_roots
+from backbones.data_check import check_data_roots, readable_data_errors
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import adapt_to_device
 
@@ -85,7 +85,8 @@ def main() -> None:
             cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.test()
+    with readable_data_errors(cfg):
+        runner.test()
 
 
 if __name__ == '__main__':

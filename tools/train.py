@@ -12,9 +12,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from backbones.cli import default_work_dir, load_config, one_line_errors
-from backbones.data_check import check_data_roots
+from backbones.data_check import check_data_roots, readable_data_errors
 from backbones.errors import CheckpointError, ConfigError
-from backbones.runtime import adapt_to_device
+from backbones.runtime import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,21 +44,24 @@ def main() -> None:
     cfg.launcher = args.launcher
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
     adapt_to_device(cfg, args.launcher, args.amp)
+    add_safety_hooks(cfg)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ConfigError(f'{args.config} has no auto_scale_lr.base_batch_size; add one '
                               'to use --auto-scale-lr')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        # the newest complete checkpoint, even if a kill left last_checkpoint stale
+        cfg.resume, cfg.load_from = True, latest_complete_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if not osp.isfile(args.resume):
             raise CheckpointError(f'--resume {args.resume}: no such checkpoint file (give a '
                                   'path, or --resume alone for the latest in the work dir)')
         cfg.resume, cfg.load_from = True, args.resume
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
-    runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg))
-    runner.train()
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    with readable_data_errors(cfg):
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -1,0 +1,75 @@
+"""Shared pieces of the end-to-end tests: tiny configs inheriting the real ones, tool runs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTO = "model.backbone.arch='atto' model.backbone.init_cfg=None"
+
+SEG_TAIL = '''
+crop_size = (64, 64)
+model = dict(data_preprocessor=dict(size=crop_size), test_cfg=dict(mode='whole'))
+_pipe = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
+         dict(type='RandomCrop', crop_size=crop_size), dict(type='PackSegInputs')]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root='{root}', pipeline=_pipe))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root='{root}', pipeline=_pipe))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval={iters}))
+'''
+
+DET_TAIL = '''
+_pipe = [dict(type='LoadImageFromFile'),
+         dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+         dict(type='Resize', scale=(64, 64), keep_ratio=True), dict(type='PackDetInputs')]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root='{root}/', pipeline=_pipe))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root='{root}/', pipeline=_pipe))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file='{root}/annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs=1, val_interval=1)
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
+default_hooks = dict(logger=dict(interval=1))
+'''
+
+FAMILIES = {
+    'upernet': ('configs/upernet_inceptionnext_t_ade20k.py', SEG_TAIL,
+                "model.decode_head.in_channels=[40,80,160,320] model.decode_head.channels=32 "
+                "model.auxiliary_head.in_channels=160 model.auxiliary_head.channels=16"),
+    'sem_fpn': ('configs/sem_fpn/fpn_inceptionnext-t_8xb4-40k_ade20k-512x512.py', SEG_TAIL,
+                "model.neck.in_channels=[40,80,160,320] model.neck.out_channels=32 "
+                "model.decode_head.in_channels=[32,32,32,32] model.decode_head.channels=16"),
+    'mask_rcnn': ('configs/mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py', DET_TAIL,
+                  "model.neck.in_channels=[40,80,160,320] model.test_cfg.rcnn.score_thr=0.0"),
+    'cascade': ('configs/cascade_mask_rcnn/'
+                'cascade-mask-rcnn_inceptionnext-t_fpn_ms-crop-3x_coco.py', DET_TAIL,
+                "model.neck.in_channels=[40,80,160,320] model.test_cfg.rcnn.score_thr=0.0"),
+}
+
+
+def write_config(tmp_path: Path, base: str, tail: str, **fmt) -> str:
+    path = tmp_path / 'cfg.py'
+    path.write_text(f"_base_ = ['{ROOT / base}']\n" + tail.format(**fmt))
+    return str(path)
+
+
+def run_tool(*args: str, env: dict | None = None, timeout: int = 600):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def last_metrics(work_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training log lines, validation log lines) of the newest run in ``work_dir``."""
+    logs = sorted(work_dir.glob('*/vis_data/scalars.json'))
+    assert logs, f'no scalars.json under {work_dir}'
+    lines = [json.loads(x) for x in logs[-1].read_text().splitlines()]
+    return lines, [x for x in lines if 'loss' not in x]

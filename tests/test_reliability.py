@@ -1,0 +1,201 @@
+"""Bad input fails with one clear line, exit status 2 and nothing written; faults lose nothing."""
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ATTO, FAMILIES, ROOT, SEG_TAIL, write_config
+from PIL import Image
+
+UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
+
+
+def run_train(argv: list[str], capsys) -> tuple[int, str]:
+    """Run tools/train.py in this process (imports are shared, so it is quick)."""
+    old = sys.argv
+    sys.argv = ['tools/train.py', *argv]
+    try:
+        runpy.run_path(str(ROOT / 'tools' / 'train.py'), run_name='__main__')
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [x for x in err.splitlines() if x.startswith('error:')]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1, err[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture()
+def seg_cfg(tmp_path, tiny_data) -> str:
+    return write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                        iters=2)
+
+
+def train_args(cfg: str, work_dir: Path, *extra: str, pretrained: bool = False) -> list[str]:
+    atto = ATTO.split() if not pretrained else ["model.backbone.arch='atto'"]
+    return [cfg, '--work-dir', str(work_dir), '--cfg-options', *atto, *UPERNET_OVERRIDES, *extra]
+
+
+@pytest.mark.parametrize('override,fragments', [
+    ('modle.backbone.arch=atto', ["no key 'modle'"]),
+    ('model.backbone.drop_path_rate=abc', ['expected a number']),
+    ("model.backbone.arch='huge'", ["unknown arch 'huge'"]),
+    ('model.backbone.out_indices=[0,5]', ['out_indices']),
+    ('model.backbone.frozen_stages=7', ['frozen_stages']),
+    ('model.backbone.archh=1', ["unexpected keyword argument 'archh'"]),
+])
+def test_bad_config_overrides(seg_cfg, tmp_path, capsys, override, fragments):
+    work_dir = tmp_path / 'work'
+    code, err = run_train(train_args(seg_cfg, work_dir, override), capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not list(work_dir.glob('*.pth'))
+
+
+def test_missing_config(capsys):
+    code, err = run_train(['configs/nope.py'], capsys)
+    assert_one_line_error(code, err, 'config file not found: configs/nope.py')
+
+
+@pytest.mark.parametrize('case,fragments', [
+    ('missing', ['checkpoint not found']),
+    ('truncated', ['cannot read checkpoint', 'truncated']),
+    ('text', ['cannot read checkpoint']),
+    ('other_arch', ['does not fit this arch', 'shape mismatch']),
+    ('no_match', ['no key of']),
+    ('url', ['cannot read checkpoint', 'download it by hand']),
+])
+def test_bad_pretrained_checkpoints(seg_cfg, tmp_path, capsys, atto_ckpt, case, fragments):
+    path = str(tmp_path / 'ckpt.pth')
+    if case == 'truncated':
+        data = Path(atto_ckpt).read_bytes()
+        Path(path).write_bytes(data[:len(data) // 3])
+    elif case == 'text':
+        Path(path).write_text('not a checkpoint')
+    elif case == 'other_arch':
+        torch.save({'stem.0.weight': torch.zeros(96, 3, 4, 4)}, path)
+    elif case == 'no_match':
+        torch.save({'conv1.weight': torch.zeros(8, 3, 3, 3)}, path)
+    elif case == 'url':
+        path = 'http://127.0.0.1:9/inceptionnext_atto.pth'
+    work_dir = tmp_path / 'work'
+    override = f"model.backbone.init_cfg.checkpoint='{path}'"
+    code, err = run_train(train_args(seg_cfg, work_dir, override, pretrained=True), capsys)
+    assert_one_line_error(code, err, path, *fragments)
+    assert not list(work_dir.glob('*.pth'))
+
+
+def test_good_pretrained_checkpoint_loads(seg_cfg, tmp_path, capsys, atto_ckpt):
+    code, err = run_train(train_args(seg_cfg, tmp_path / 'work',
+                                     f"model.backbone.init_cfg.checkpoint='{atto_ckpt}'",
+                                     pretrained=True), capsys)
+    assert code == 0, err[-2000:]
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty'])
+def test_missing_or_empty_dataset(tmp_path, capsys, case):
+    root = tmp_path / 'ADEChallengeData2016'
+    if case == 'empty':
+        root.mkdir()
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=2)
+    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
+    assert_one_line_error(code, err, str(root), 'make demo-data',
+                          'is empty' if case == 'empty' else 'not found')
+
+
+def test_unreadable_image(tmp_path, tiny_data, capsys):
+    root = tmp_path / 'ade'
+    shutil.copytree(tiny_data['seg'], root)
+    bad = sorted((root / 'images' / 'training').glob('*.jpg'))[0]
+    bad.write_bytes(b'\x00garbage')
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=4)
+    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
+    assert_one_line_error(code, err, 'failed to load image', bad.name)
+
+
+def test_annotation_file_that_does_not_parse(tmp_path, tiny_data, capsys):
+    root = tmp_path / 'coco'
+    shutil.copytree(tiny_data['det'], root)
+    ann = root / 'annotations' / 'instances_train2017.json'
+    ann.write_text(ann.read_text()[:200])
+    base, tail, overrides = FAMILIES['mask_rcnn']
+    cfg = write_config(tmp_path, base, tail, root=str(root))
+    code, err = run_train([cfg, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                           *ATTO.split(), *overrides.split()], capsys)
+    assert_one_line_error(code, err, 'does not parse', 'instances_train2017.json')
+
+
+def test_grayscale_rgba_and_odd_sizes_train(tmp_path, tiny_data, capsys):
+    root = tmp_path / 'ade'
+    shutil.copytree(tiny_data['seg'], root)
+    images = sorted((root / 'images' / 'training').glob('*.jpg'))
+    Image.open(images[0]).convert('L').resize((61, 45)).save(images[0], format='JPEG')
+    rgba = Image.open(images[1]).convert('RGBA')
+    rgba.putalpha(128)
+    rgba.resize((77, 50)).save(images[1], format='PNG')  # PNG bytes under a .jpg name
+    for img, size in ((images[0], (61, 45)), (images[1], (77, 50))):
+        ann = root / 'annotations' / 'training' / f'{img.stem}.png'
+        Image.open(ann).resize(size, Image.NEAREST).save(ann)
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=2)
+    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
+    assert code == 0, err[-3000:]
+
+
+def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
+    code, err = run_train(train_args(seg_cfg, tmp_path / 'work', 'train_cfg.max_iters=6',
+                                     'optim_wrapper.optimizer.lr=1e30'), capsys)
+    assert_one_line_error(code, err, 'the loss became', 'lower the lr')
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_loadable_checkpoint_and_resume_continues(tmp_path, tiny_data):
+    """Kill -9 twice at random moments (one right after a resume), then resume once more."""
+    from backbones.runtime import latest_complete_checkpoint
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                       iters=1000)
+    work_dir = tmp_path / 'work'
+    args = [sys.executable, 'tools/train.py', *train_args(
+        cfg, work_dir, 'default_hooks.checkpoint.interval=1',
+        'default_hooks.checkpoint.max_keep_ckpts=1')]
+    rng = np.random.default_rng(0)
+    saved = 0
+    for attempt in range(2):
+        proc = subprocess.Popen(args + ['--resume'] * attempt, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while _latest_iter(work_dir) <= saved and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.0, 1.5)))  # somewhere in the next iterations and saves
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        finals = list(work_dir.glob('*.pth'))
+        assert finals, 'no checkpoint survived'
+        for path in finals:  # every file under a final name is complete
+            torch.load(path, map_location='cpu', weights_only=False)
+        last = latest_complete_checkpoint(str(work_dir))
+        saved = torch.load(last, map_location='cpu', weights_only=False)['meta']['iter']
+        assert saved >= 1
+    result = subprocess.run(args + [f'train_cfg.max_iters={saved + 1}', '--resume'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'resumed epoch: 0, iter: {saved}' in result.stdout + result.stderr
+    assert (work_dir / f'iter_{saved + 1}.pth').is_file()
+
+
+def _latest_iter(work_dir: Path) -> int:
+    return max((int(p.stem.split('_')[1]) for p in work_dir.glob('iter_*.pth')), default=0)
