@@ -98,7 +98,8 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
         print_log(f'distributed on CPU: {n} SyncBN configs use BN (SyncBN needs CUDA)',
                   logger='current')
     cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
+                                 broadcast_buffers=False,
                                  find_unused_parameters=cfg.get('find_unused_parameters', False))
     if launcher == 'pytorch' and not dist.is_initialized():
         # mmengine's launcher calls torch.cuda.set_device, which fails without CUDA.
