@@ -80,19 +80,36 @@ def seg_baselines(ann_dir: str, num_classes: int = 150, seed: int = 0) -> dict[s
     return out
 
 
+def data_root_overrides(task: str, data_root: str) -> list[str]:
+    """--cfg-options pointing every loader (and COCO evaluators) at ``data_root``."""
+    if data_root == (osp.join(DEMO_ROOT, 'ade', 'ADEChallengeData2016') if task == 'seg'
+                     else osp.join(DEMO_ROOT, 'coco')):
+        return []  # the demo configs' own paths
+    root = data_root.rstrip('/') + '/'
+    keys = [f'{loader}.dataset.data_root={root}'
+            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    if task == 'det':
+        ann = f'{root}annotations/instances_val2017.json'
+        keys += [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
+    return keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description='Train and evaluate on the embedded demo data')
     parser.add_argument('task', choices=list(DEMOS))
+    parser.add_argument('--data-root', default=DEMO_ROOT, help='where the demo data lives')
+    parser.add_argument('--work-dir', help=f'outputs (default: the {list(DEMOS)} work dirs)')
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='extra config overrides, e.g. train_cfg.max_iters=50')
     args = parser.parse_args()
     demo = DEMOS[args.task]
     start = time.time()
-    ade_root, coco_root = ensure_demo_data(DEMO_ROOT)
-    print(f'[demo] data: {ade_root if args.task == "seg" else coco_root}')
+    ade_root, coco_root = ensure_demo_data(args.data_root)
+    data_root = ade_root if args.task == 'seg' else coco_root
+    print(f'[demo] data: {data_root}')
     print(f'[demo] config: {demo["config"]} (inherits the real experiment; its header lists what '
           f'the demo changes)')
-    overrides = list(args.cfg_options)
+    overrides = data_root_overrides(args.task, data_root) + list(args.cfg_options)
     pretrained = find_pretrained()
     if pretrained:
         print(f'[demo] using the ImageNet checkpoint {pretrained}')
@@ -101,12 +118,13 @@ def main() -> None:
         print('[demo] no local ImageNet checkpoint (looked for '
               f'{", ".join(PRETRAINED_CANDIDATES)}): training from scratch')
     extra = ['--cfg-options', *overrides] if overrides else []
-    work_dir = demo['work_dir']
+    work_dir = args.work_dir or demo['work_dir']
     run([osp.join(TOOLS, 'train.py'), demo['config'], '--work-dir', work_dir, *extra])
     checkpoint = open(osp.join(work_dir, 'last_checkpoint')).read().strip()
     vis_dir = osp.join(work_dir, 'vis')
+    out = osp.join(work_dir, 'predictions' + ('.pkl' if args.task == 'det' else ''))
     run([osp.join(TOOLS, 'test.py'), demo['config'], checkpoint, '--work-dir',
-         osp.join(work_dir, 'test'), '--show-dir', vis_dir, *extra])
+         osp.join(work_dir, 'test'), '--show-dir', vis_dir, '--out', out, *extra])
     metrics = latest_metrics(osp.join(work_dir, 'test'))
     pngs = sorted(glob.glob(osp.join(work_dir, 'test', '**', '*.png'), recursive=True)
                   + glob.glob(osp.join(vis_dir, '**', '*.png'), recursive=True))
@@ -121,6 +139,7 @@ def main() -> None:
             print(f'[demo] baseline mIoU, {name}: {value:.2f}')
     print(f'[demo] drawn predictions (ground truth | prediction): {len(pngs)} PNG files, e.g. '
           f'{pngs[0] if pngs else "none"}')
+    print(f'[demo] raw predictions: {out}')
     print(f'[demo] checkpoint: {checkpoint}')
     print(f'[demo] total time: {time.time() - start:.0f} s')
 

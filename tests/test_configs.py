@@ -1,0 +1,48 @@
+"""Every config builds its model without weights; overrides reach the built model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mmengine.registry import init_default_scope
+
+from backbones.cli import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*.py'))
+PAPER_PARAMS_M = {'upernet_inceptionnext-t': 56, 'upernet_inceptionnext-s': 78,
+                  'upernet_inceptionnext-b': 115}
+
+
+def build(cfg):
+    init_default_scope(cfg.default_scope)
+    registry = __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS
+    return registry.build(cfg.model)
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_config_builds(config):
+    cfg = load_config(str(ROOT / config), {'model.backbone.init_cfg': None})
+    assert cfg.model.backbone.type == 'InceptionNeXt'
+    assert 'backbones' in cfg.custom_imports['imports']
+    model = build(cfg)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    for prefix, expected in PAPER_PARAMS_M.items():
+        if Path(config).name.startswith(prefix):
+            assert params == pytest.approx(expected, abs=0.5)
+    if 'demo' not in config:
+        assert 'inceptionnext_' in load_config(str(ROOT / config)).model.backbone.init_cfg[
+            'checkpoint']
+
+
+def test_overrides_reach_the_model():
+    cfg = load_config(str(ROOT / 'configs/upernet_inceptionnext_t_ade20k.py'), {
+        'model.backbone.init_cfg': None, 'model.backbone.arch': 'atto',
+        'model.backbone.drop_path_rate': 0.3, 'model.backbone.frozen_stages': 2,
+        'model.decode_head.in_channels': [40, 80, 160, 320],
+        'model.auxiliary_head.in_channels': 160})
+    backbone = build(cfg).backbone
+    assert backbone.dims == (40, 80, 160, 320)
+    assert backbone.stages[3].blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
+    assert not any(p.requires_grad for p in backbone.stages[1].parameters())
+    assert all(p.requires_grad for p in backbone.stages[2].parameters())

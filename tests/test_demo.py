@@ -1,0 +1,87 @@
+"""Shortened demos through tools/demo.py: the loss falls, the metric comes from real predictions."""
+from __future__ import annotations
+
+import glob
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import last_metrics, run_tool
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def run_demo(tmp_path: Path, task: str, *overrides: str) -> tuple[Path, str]:
+    work_dir = tmp_path / 'work'
+    result = run_tool('tools/demo.py', task, '--data-root', str(tmp_path / 'demo'), '--work-dir',
+                      str(work_dir), '--cfg-options', *overrides, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert '[demo] ===== summary =====' in result.stdout
+    return work_dir, result.stdout
+
+
+def losses_fall(work_dir: Path) -> None:
+    train, _ = last_metrics(work_dir)
+    losses = [x['loss'] for x in train if 'loss' in x]
+    assert len(losses) >= 10
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_seg_demo(tmp_path):
+    work_dir, out = run_demo(tmp_path, 'seg', 'train_cfg.max_iters=40', 'train_cfg.val_interval=40',
+                             'default_hooks.logger.interval=2', 'train_dataloader.batch_size=2',
+                             'default_hooks.checkpoint.interval=40')
+    losses_fall(work_dir)
+    reported = json.loads(sorted((work_dir / 'test').glob('*/*.json'))[-1].read_text())['mIoU']
+    # recompute mIoU from the saved prediction maps (ADE20K ids, as the annotations)
+    inter, union = np.zeros(151), np.zeros(151)
+    preds = sorted((work_dir / 'predictions').glob('*.png'))
+    anns = tmp_path / 'demo' / 'ade' / 'ADEChallengeData2016' / 'annotations' / 'validation'
+    assert len(preds) == len(list(anns.glob('*.png'))) == 40
+    for pred_path in preds:
+        pred = np.asarray(Image.open(pred_path), dtype=np.int64)
+        gt = np.asarray(Image.open(anns / pred_path.name), dtype=np.int64)
+        valid = gt > 0  # 0 is 'other', ignored with reduce_zero_label
+        for c in range(1, 151):
+            p, t = (pred == c) & valid, (gt == c) & valid
+            inter[c] += (p & t).sum()
+            union[c] += (p | t).sum()
+    miou = np.mean(inter[union > 0] / union[union > 0]) * 100
+    assert miou == pytest.approx(reported, abs=0.02)
+    assert 'baseline mIoU, constant' in out
+    assert glob.glob(str(work_dir / 'vis' / '**' / '*.png'), recursive=True)
+
+
+def test_det_demo(tmp_path):
+    work_dir, out = run_demo(tmp_path, 'det', 'train_cfg.max_epochs=1',
+                             'train_cfg.val_interval=1', 'default_hooks.logger.interval=2',
+                             'default_hooks.checkpoint.interval=1',
+                             'model.test_cfg.rcnn.score_thr=0.0')
+    losses_fall(work_dir)
+    reported = json.loads(sorted((work_dir / 'test').glob('*/*.json'))[-1].read_text())
+    assert 'coco/bbox_mAP' in reported and 'coco/segm_mAP' in reported
+    with open(work_dir / 'predictions.pkl', 'rb') as f:
+        predictions = pickle.load(f)
+    assert len(predictions) == 50
+    assert sum(len(p['pred_instances']['labels']) for p in predictions) > 0
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    gt = COCO(str(tmp_path / 'demo' / 'coco' / 'annotations' / 'instances_val2017.json'))
+    cat_ids = sorted(gt.getCatIds())  # all 80 COCO categories: CocoDataset's label order
+    dets = []
+    for p in predictions:
+        inst = p['pred_instances']
+        for box, score, label in zip(inst['bboxes'].tolist(), inst['scores'].tolist(),
+                                     inst['labels'].tolist()):
+            x1, y1, x2, y2 = box
+            dets.append(dict(image_id=p['img_id'], category_id=cat_ids[label],
+                             bbox=[x1, y1, x2 - x1, y2 - y1], score=score))
+    evaluator = COCOeval(gt, gt.loadRes(dets), 'bbox')
+    evaluator.params.maxDets = [100, 300, 1000]  # as mmdet's CocoMetric
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert evaluator.stats[0] == pytest.approx(reported['coco/bbox_mAP'], abs=1e-3)
