@@ -65,17 +65,8 @@ def load_pretrained(model: nn.Module, path: str, prefix: str | None = None) -> d
     own = model.state_dict()
     head = [k for k in state if k.startswith(HEAD_PREFIX)]
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    matched = [k for k in state if k in own]
-    if not matched:
-        raise CheckpointError(f'no key of {path} matches the InceptionNeXt backbone (first keys: '
-                              f'{list(state)[:3]}); is this an InceptionNeXt checkpoint?')
-    mismatched = [k for k in matched if state[k].shape != own[k].shape]
-    if mismatched:
-        k = mismatched[0]
-        raise CheckpointError(
-            f'{path} does not fit this arch: {len(mismatched)} shape mismatches, e.g. {k} is '
-            f'{tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model; '
-            f'use the checkpoint of the same size as model.backbone.arch')
+    matched = check_fit(own, state, path, 'the InceptionNeXt backbone of this arch',
+                        'use the ImageNet checkpoint of the same size as model.backbone.arch')
     new_norms = [k for k in own if re.match(r'norm\d\.', k) and k not in state]
     missing = [k for k in own if k not in state and k not in new_norms
                and not k.endswith('num_batches_tracked')]
@@ -90,6 +81,22 @@ def load_pretrained(model: nn.Module, path: str, prefix: str | None = None) -> d
                       logger='current', level=30)
     return dict(loaded=matched, head=head, new_norms=new_norms, missing=missing,
                 unexpected=unexpected)
+
+
+def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -> list[str]:
+    """Keys of ``state`` that ``own`` has; raises if none match or any shape differs."""
+    matched = [k for k in state if k in own]
+    if not matched:
+        raise CheckpointError(f'no key of {path} matches {target} (first keys: '
+                              f'{list(state)[:3]}); {hint}')
+    mismatched = [k for k in matched if state[k].shape != own[k].shape]
+    if mismatched:
+        k = mismatched[0]
+        raise CheckpointError(
+            f'{path} does not fit {target}: {len(mismatched)} shape mismatches, e.g. {k} is '
+            f'{tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model; '
+            f'{hint}')
+    return matched
 
 
 def _has_tensors(d: Mapping) -> bool:

@@ -107,7 +107,7 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path, atto_ckpt, case, match):
 def test_shape_mismatch_names_the_arch_problem(timm_atto, tmp_path):
     path = tmp_path / 'atto.pth'
     torch.save(timm_atto.state_dict(), path)
-    with pytest.raises(CheckpointError, match='does not fit this arch.*shape mismatch'):
+    with pytest.raises(CheckpointError, match='does not fit the InceptionNeXt backbone.*mismatch'):
         _build(str(path), arch='tiny')
 
 

@@ -76,7 +76,7 @@ def test_missing_config(capsys):
     ('missing', ['checkpoint not found']),
     ('truncated', ['cannot read checkpoint', 'truncated']),
     ('text', ['cannot read checkpoint']),
-    ('other_arch', ['does not fit this arch', 'shape mismatch']),
+    ('other_arch', ['does not fit the InceptionNeXt backbone', 'shape mismatch']),
     ('no_match', ['no key of']),
     ('url', ['cannot read checkpoint', 'download it by hand']),
 ])

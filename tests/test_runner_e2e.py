@@ -46,3 +46,18 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_data):
     assert state['meta']['iter'] == 4
     steps = {int(s['step']) for s in state['optimizer']['state'].values()}
     assert steps == {4}  # AdamW continued from its saved state: 2 + 2 steps
+
+
+def test_test_tool_tta_and_deploy(tmp_path, tiny_data):
+    """tools/test.py: multi-scale + flip TTA and the fused backbone give a metric."""
+    base, tail, overrides = FAMILIES['upernet']
+    cfg = write_config(tmp_path, base, tail, root=tiny_data['seg'], iters=1)
+    work_dir = tmp_path / 'work'
+    args = ['--cfg-options', *ATTO.split(), *overrides.split()]
+    assert run_tool('tools/train.py', cfg, '--work-dir', str(work_dir), *args).returncode == 0
+    for flags in (['--tta'], ['--deploy']):
+        result = run_tool('tools/test.py', cfg, str(work_dir / 'iter_1.pth'), '--work-dir',
+                          str(tmp_path / flags[0][2:]), *flags, *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert 'mIoU' in result.stdout + result.stderr
+    assert 'folded the backbone' in result.stdout + result.stderr

@@ -17,7 +17,10 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 
-from backbones.checkpoint import read_checkpoint  # importing backbones registers the loader
+from backbones.checkpoint import (  # importing backbones registers the loader
+    check_fit,
+    read_checkpoint,
+)
 from backbones.cli import load_config, one_line_errors, task_of
 from backbones.errors import CheckpointError, ConfigError, DataError
 
@@ -75,16 +78,8 @@ def load_weights(model: nn.Module, checkpoint: Mapping, path: str) -> None:
     state = {k.removeprefix('module.'): v for k, v in state.items()
              if isinstance(v, torch.Tensor)}
     own = model.state_dict()
-    matched = [k for k in state if k in own]
-    if not matched:
-        raise CheckpointError(f'no weight of {path} matches the model of the config (first '
-                              f'keys: {list(state)[:3]}); is it a checkpoint of this config?')
-    wrong = [k for k in matched if state[k].shape != own[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f'{path} does not fit the config: {len(wrong)} shape mismatches, '
-                              f'e.g. {k} is {tuple(state[k].shape)} in the checkpoint but '
-                              f'{tuple(own[k].shape)} in the model')
+    matched = check_fit(own, state, path, 'the model of the config',
+                        'is it a checkpoint of this config?')
     missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
     if missing:
         print(f'warning: {len(missing)} model tensors are not in {path} and keep random '

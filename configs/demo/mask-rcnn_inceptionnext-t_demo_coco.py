@@ -1,15 +1,15 @@
 # Mask R-CNN + InceptionNeXt-T (the COCO 1x recipe) shrunk to what a 2-core CPU can train in minutes
 # on the embedded demo set (`make demo-data`): data root, 128x128 images and batch 4, a short
-# schedule (12 epochs of the demo set, higher peak lr from scratch), fewer RoIs per image.
+# schedule (5 epochs of the demo set, higher peak lr from scratch), fewer RoIs per image.
 # Everything else (backbone, FPN, RPN and RoI heads, losses, optimizer, lr decay) is the real
 # config.
 _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
 data_root = 'data/demo/coco/'
-max_epochs = 12
+max_epochs = 5
 model = dict(
     backbone=dict(init_cfg=None),  # no download here: from scratch unless tools/demo.py finds one
-    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=300),
-                   rcnn=dict(sampler=dict(num=128))),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200),
+                   rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100)))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -35,7 +35,7 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(lr=4e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11],
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[4],
          gamma=0.1)
 ]
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
