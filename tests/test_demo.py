@@ -57,15 +57,18 @@ def test_seg_demo(tmp_path):
 
 def test_det_demo(tmp_path):
     work_dir, out = run_demo(tmp_path, 'det', 'train_cfg.max_epochs=1',
-                             'train_cfg.val_interval=1', 'default_hooks.logger.interval=2',
-                             'default_hooks.checkpoint.interval=1',
+                             'train_cfg.val_interval=1', 'default_hooks.logger.interval=1',
+                             'default_hooks.checkpoint.interval=1', 'param_scheduler.0.end=2',
+                             'train_dataloader.batch_size=2', 'train_dataloader.dataset.indices=24',
+                             'val_dataloader.dataset.indices=10',
+                             'test_dataloader.dataset.indices=10',
                              'model.test_cfg.rcnn.score_thr=0.0')
     losses_fall(work_dir)
     reported = json.loads(sorted((work_dir / 'test').glob('*/*.json'))[-1].read_text())
     assert 'coco/bbox_mAP' in reported and 'coco/segm_mAP' in reported
     with open(work_dir / 'predictions.pkl', 'rb') as f:
         predictions = pickle.load(f)
-    assert len(predictions) == 50
+    assert len(predictions) == 10
     assert sum(len(p['pred_instances']['labels']) for p in predictions) > 0
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -81,6 +84,7 @@ def test_det_demo(tmp_path):
                              bbox=[x1, y1, x2 - x1, y2 - y1], score=score))
     evaluator = COCOeval(gt, gt.loadRes(dets), 'bbox')
     evaluator.params.maxDets = [100, 300, 1000]  # as mmdet's CocoMetric
+    evaluator.params.imgIds = [p['img_id'] for p in predictions]
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()

@@ -1,6 +1,7 @@
 # Mask R-CNN + InceptionNeXt-T (the COCO 1x recipe) shrunk to what a 2-core CPU can train in minutes
 # on the embedded demo set (`make demo-data`): data root, 128x128 images and batch 4, a short
-# schedule (5 epochs of the demo set, higher peak lr from scratch), fewer RoIs per image.
+# schedule (5 epochs of the demo set, gradient clipping as training starts from scratch), fewer
+# RoIs per image.
 # Everything else (backbone, FPN, RPN and RoI heads, losses, optimizer, lr decay) is the real
 # config.
 _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
@@ -32,9 +33,9 @@ val_dataloader = dict(num_workers=1, dataset=dict(data_root=data_root, pipeline=
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
-optim_wrapper = dict(optimizer=dict(lr=4e-4))
+optim_wrapper = dict(clip_grad=dict(max_norm=10, norm_type=2))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[4],
          gamma=0.1)
 ]
