@@ -45,11 +45,12 @@ def _onednn_fusion_applies(x: torch.Tensor) -> bool:
     Only for eager fp32 CPU inference: no autograd (the op has no derivative), no autocast, and
     not while tracing, scripting or compiling (exporters and inductor see the plain modules).
     """
+    if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False  # first: under torch.compile the rest would break the graph
     return (_CONV_POINTWISE is not None and x.device.type == 'cpu'
             and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_scripting()
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and not torch.is_autocast_enabled('cpu'))
 
 
 class InceptionDWConv2d(nn.Module):
