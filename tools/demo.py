@@ -126,19 +126,20 @@ def main() -> None:
     run([osp.join(TOOLS, 'test.py'), demo['config'], checkpoint, '--work-dir',
          osp.join(work_dir, 'test'), '--show-dir', vis_dir, '--out', out, *extra])
     metrics = latest_metrics(osp.join(work_dir, 'test'))
-    pngs = sorted(glob.glob(osp.join(work_dir, 'test', '**', '*.png'), recursive=True)
-                  + glob.glob(osp.join(vis_dir, '**', '*.png'), recursive=True))
+    drawn = sorted(glob.glob(osp.join(vis_dir, '**', '*.png'), recursive=True)
+                   + glob.glob(osp.join(vis_dir, '**', '*.jpg'), recursive=True))
     print('\n[demo] ===== summary =====')
     print(f'[demo] task: {args.task}, config: {demo["config"]}')
     for key, value in metrics.items():
         if key.startswith(('mIoU', 'aAcc', 'mAcc', 'coco/bbox_mAP', 'coco/segm_mAP')):
-            print(f'[demo] held-out {key}: {value}')
+            print(f'[demo] held-out {key}: {value:.3f}' if isinstance(value, float)
+                  else f'[demo] held-out {key}: {value}')
     if args.task == 'seg':
         ann_dir = osp.join(ade_root, 'annotations', 'validation')
         for name, value in seg_baselines(ann_dir).items():
             print(f'[demo] baseline mIoU, {name}: {value:.2f}')
-    print(f'[demo] drawn predictions (ground truth | prediction): {len(pngs)} PNG files, e.g. '
-          f'{pngs[0] if pngs else "none"}')
+    print(f'[demo] drawn predictions (ground truth | prediction): {len(drawn)} files, e.g. '
+          f'{drawn[0] if drawn else "none"}')
     print(f'[demo] raw predictions: {out}')
     print(f'[demo] checkpoint: {checkpoint}')
     print(f'[demo] total time: {time.time() - start:.0f} s')

@@ -47,7 +47,7 @@ def enable_visualization(cfg, task: str, args: argparse.Namespace) -> None:
         hook.show, hook.wait_time = True, args.wait_time
     if args.show_dir:
         if task == 'det':
-            hook.test_out_dir = args.show_dir
+            hook.test_out_dir = osp.abspath(args.show_dir)  # mmdet nests relative paths
         else:
             cfg.visualizer.save_dir = args.show_dir
             hook.interval = 1
