@@ -88,4 +88,5 @@ def test_det_demo(tmp_path):
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    assert evaluator.stats[0] == pytest.approx(reported['coco/bbox_mAP'], abs=1e-3)
+    # mmdet rounds to 3 decimals; near-tied scores of a barely trained model add ~1e-3 of noise
+    assert evaluator.stats[0] == pytest.approx(reported['coco/bbox_mAP'], abs=2e-3)

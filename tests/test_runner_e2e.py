@@ -61,3 +61,18 @@ def test_test_tool_tta_and_deploy(tmp_path, tiny_data):
         assert result.returncode == 0, result.stderr[-3000:]
         assert 'mIoU' in result.stdout + result.stderr
     assert 'folded the backbone' in result.stdout + result.stderr
+
+
+def test_auto_scale_lr(tmp_path, tiny_data):
+    """--auto-scale-lr rescales the config's lr from its base batch (16) to the actual one (2)."""
+    base, tail, overrides = FAMILIES['upernet']
+    cfg = write_config(tmp_path, base, tail, root=tiny_data['seg'], iters=1)
+    result = run_tool('tools/train.py', cfg, '--work-dir', str(tmp_path / 'work'),
+                      '--auto-scale-lr', '--cfg-options', *ATTO.split(), *overrides.split())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'batch size of 16 and the current batch size is 2' in result.stdout + result.stderr
+    state = torch.load(tmp_path / 'work' / 'iter_1.pth', map_location='cpu', weights_only=False)
+    groups = state['optimizer']['param_groups']
+    assert len(groups) > 2
+    for group in groups:  # each decayed lr, scaled by 2 / 16
+        assert group['lr'] == pytest.approx(1e-4 * group['lr_scale'] * 2 / 16)
