@@ -40,3 +40,25 @@ def fold_scale_into_conv(conv: nn.Conv2d, scale: torch.Tensor) -> None:
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
     if conv.bias is not None:
         conv.bias.mul_(scale)
+
+
+@torch.no_grad()
+def randomize_bn_and_layer_scale_(model: nn.Module, seed: int = 0,
+                                  gamma_range: tuple[float, float] = (0.5, 1.5)) -> nn.Module:
+    """Give BatchNorm statistics/affines and layer scales non-trivial random values (in place).
+
+    Their initial values (identity BN, gamma 1e-6) hide folding and parity bugs; checks of
+    ``fuse()`` and of weight compatibility run on a model randomized this way.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    low, high = gamma_range
+    for name, p in model.named_parameters():
+        if name.endswith('gamma'):
+            p.copy_(low + torch.rand(p.shape, generator=g) * (high - low))
+    return model

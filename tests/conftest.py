@@ -6,25 +6,10 @@ import timm
 import torch
 
 from backbones.demo_data import make_ade20k, make_coco
+from backbones.fusion import randomize_bn_and_layer_scale_ as randomize_
 
 TIMM_NAMES = {'atto': 'inception_next_atto', 'tiny': 'inception_next_tiny',
               'small': 'inception_next_small', 'base': 'inception_next_base'}
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give BatchNorm statistics and layer scales non-trivial values (init values hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-        for name, p in model.named_parameters():
-            if name.endswith('gamma'):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-    return model
 
 
 @pytest.fixture(scope='session')

@@ -55,6 +55,7 @@ import torch.nn as nn
 
 from backbones.cli import one_line_errors
 from backbones.errors import ConfigError
+from backbones.fusion import randomize_bn_and_layer_scale_
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -193,22 +194,6 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str
 
 # --- models -------------------------------------------------------------------------------------
 
-def _randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and layer scales, so that fusing them is a real test."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-        for name, p in model.named_parameters():
-            if name.endswith('gamma'):
-                p.copy_(torch.rand(p.shape, generator=g) * 0.1)
-    return model
-
-
 def _config(family: str, size: str, upstream: bool):
     from mmengine.config import Config
     if not upstream:
@@ -314,7 +299,7 @@ def build_cases(family: str, size: str, variants: list[str], opts: Options,
     ours = None
     if any(v != 'convnext' for v in variants):
         ours = _build(family, size, False, opts)
-        _randomize_(_backbone_of(ours))
+        randomize_bn_and_layer_scale_(_backbone_of(ours), gamma_range=(0.0, 0.1))
     raw = _raw_batch(family, opts) if family != 'backbone' else None
     image = torch.randn(opts.batch, 3, *opts.shape, generator=torch.Generator().manual_seed(0))
     cases = []
