@@ -84,9 +84,9 @@ def test_det_demo(tmp_path):
                              bbox=[x1, y1, x2 - x1, y2 - y1], score=score))
     evaluator = COCOeval(gt, gt.loadRes(dets), 'bbox')
     evaluator.params.maxDets = [100, 300, 1000]  # as mmdet's CocoMetric
-    evaluator.params.imgIds = [p['img_id'] for p in predictions]
+    # mmdet's CocoMetric scores every image of the annotation file, predicted or not
+    evaluator.params.imgIds = gt.getImgIds()
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    # mmdet rounds to 3 decimals; near-tied scores of a barely trained model add ~1e-3 of noise
-    assert evaluator.stats[0] == pytest.approx(reported['coco/bbox_mAP'], abs=2e-3)
+    assert evaluator.stats[0] == pytest.approx(reported['coco/bbox_mAP'], abs=6e-4)  # 3 decimals
