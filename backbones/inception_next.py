@@ -148,12 +148,18 @@ class MetaNeXtStage(nn.Module):
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map (ConvNeXt's per-output norm)."""
+    """LayerNorm over the channels of an NCHW map (ConvNeXt's per-output norm).
+
+    The output keeps the input's memory format, so a plain NCHW input gives a contiguous NCHW
+    map to the heads (as mmpretrain's ConvNeXt does) rather than a channels-last view.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous()
+        y = nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
+                                     self.bias, self.eps).permute(0, 3, 1, 2)
+        return y if channels_last else y.contiguous()
 
 
 def _resolve_arch(arch: str | dict) -> dict:

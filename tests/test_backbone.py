@@ -163,3 +163,20 @@ def test_fused_equals_unfused(arch):
 def test_fuse_refuses_training_mode():
     with pytest.raises(RuntimeError, match='eval'):
         InceptionNeXt('atto').train().fuse()
+
+
+@pytest.mark.parametrize('out_norm_cfg', [dict(type='LN2d', eps=1e-6), dict(type='BN'), None])
+@pytest.mark.parametrize('mode', ['train', 'eval', 'deploy'])
+def test_outputs_keep_the_input_memory_format(out_norm_cfg, mode):
+    """Heads index raw NCHW memory (mmcv's RoIAlign silently reads a channels-last view wrong),
+    so an NCHW input must give contiguous NCHW maps in every mode."""
+    model = InceptionNeXt('atto', out_norm_cfg=out_norm_cfg).train(mode == 'train')
+    if mode == 'deploy':
+        model.fuse()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        outs = model(x)
+        outs_cl = model(x.contiguous(memory_format=torch.channels_last))
+    for out, out_cl in zip(outs, outs_cl):
+        assert out.is_contiguous()
+        torch.testing.assert_close(out_cl, out, atol=1e-4, rtol=1e-4)

@@ -7,8 +7,12 @@
 _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
 data_root = 'data/demo/coco/'
 max_epochs = 5
+custom_imports = dict(imports=['backbones', 'backbones.roi_align'], allow_failed_imports=False)
+roi_layer = dict(type='SparseRoIAlign', output_size=7, sampling_ratio=0)  # mmcv's, faster on CPU
 model = dict(
     backbone=dict(init_cfg=None),  # no download here: from scratch unless tools/demo.py finds one
+    roi_head=dict(bbox_roi_extractor=dict(roi_layer=roi_layer),
+                  mask_roi_extractor=dict(roi_layer=dict(roi_layer, output_size=14))),
     train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200),
                    rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100)))
