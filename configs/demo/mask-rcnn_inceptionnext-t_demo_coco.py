@@ -1,7 +1,7 @@
 # Mask R-CNN + InceptionNeXt-T (the COCO 1x recipe) shrunk to what a 2-core CPU can train in minutes
 # on the embedded demo set (`make demo-data`): data root, 128x128 images and batch 4, a short
 # schedule (5 epochs of the demo set, gradient clipping as training starts from scratch), fewer
-# RoIs per image.
+# RoIs per image, and SparseRoIAlign (mmcv's RoIAlign numbers, faster on a CPU).
 # Everything else (backbone, FPN, RPN and RoI heads, losses, optimizer, lr decay) is the real
 # config.
 _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
