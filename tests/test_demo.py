@@ -52,6 +52,7 @@ def test_seg_demo(tmp_path):
     miou = np.mean(inter[union > 0] / union[union > 0]) * 100
     assert miou == pytest.approx(reported, abs=0.02)
     assert 'baseline mIoU, constant' in out
+    assert '[demo]   model.decode_head.channels: 512 -> 128' in out  # what the demo changes
     assert glob.glob(str(work_dir / 'vis' / '**' / '*.png'), recursive=True)
 
 
@@ -64,6 +65,7 @@ def test_det_demo(tmp_path):
                              'test_dataloader.dataset.indices=10',
                              'optim_wrapper.optimizer.lr=3e-4', 'model.test_cfg.rcnn.score_thr=0.0')
     losses_fall(work_dir, 0.85)
+    assert "[demo]   model.train_cfg.rcnn.sampler.num: 512 -> 64" in out
     reported = json.loads(sorted((work_dir / 'test').glob('*/*.json'))[-1].read_text())
     assert 'coco/bbox_mAP' in reported and 'coco/segm_mAP' in reported
     with open(work_dir / 'predictions.pkl', 'rb') as f:

@@ -26,8 +26,10 @@ from backbones.demo_data import DEMO_ROOT, ensure_demo_data
 TOOLS = osp.dirname(osp.abspath(__file__))
 DEMOS = {
     'seg': dict(config='configs/demo/upernet_inceptionnext-t_demo_ade20k.py',
+                base='configs/upernet_inceptionnext_t_ade20k.py',
                 work_dir='work_dirs/demo_seg', metric='mIoU'),
     'det': dict(config='configs/demo/mask-rcnn_inceptionnext-t_demo_coco.py',
+                base='configs/mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py',
                 work_dir='work_dirs/demo_det', metric='coco/segm_mAP'),
 }
 # Where a locally downloaded official ImageNet checkpoint is looked for (no download here).
@@ -80,6 +82,31 @@ def seg_baselines(ann_dir: str, num_classes: int = 150, seed: int = 0) -> dict[s
     return out
 
 
+def _flatten(value: object, prefix: str = '') -> dict[str, object]:
+    """Nested dicts and lists of dicts as ``{'a.b.0.c': leaf}``."""
+    if isinstance(value, dict) and value:
+        items = value.items()
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        items = enumerate(value)
+    else:
+        return {prefix[:-1]: value}
+    return {k: v for key, sub in items for k, v in _flatten(sub, f'{prefix}{key}.').items()}
+
+
+def config_changes(base: str, demo: str) -> list[str]:
+    """``key: old -> new`` for every setting in which the built ``demo`` config differs from
+    ``base``."""
+    from mmengine.config import Config
+    old, new = (_flatten(Config.fromfile(path).to_dict()) for path in (base, demo))
+
+    def show(value: object) -> str:
+        text = repr(value)
+        return text if len(text) <= 48 else text[:45] + '...'
+    return [f'{key}: {show(old.get(key, "unset"))} -> {show(new.get(key, "unset"))}'
+            for key in sorted(set(old) | set(new))
+            if '_scope_' not in key and old.get(key, 'unset') != new.get(key, 'unset')]
+
+
 def data_root_overrides(task: str, data_root: str) -> list[str]:
     """--cfg-options pointing every loader (and COCO evaluators) at ``data_root``."""
     if data_root == (osp.join(DEMO_ROOT, 'ade', 'ADEChallengeData2016') if task == 'seg'
@@ -107,8 +134,9 @@ def main() -> None:
     ade_root, coco_root = ensure_demo_data(args.data_root)
     data_root = ade_root if args.task == 'seg' else coco_root
     print(f'[demo] data: {data_root}')
-    print(f'[demo] config: {demo["config"]} (inherits the real experiment; its header lists what '
-          f'the demo changes)')
+    print(f'[demo] config: {demo["config"]}, which inherits {demo["base"]} and changes:')
+    for line in config_changes(demo['base'], demo['config']):
+        print(f'[demo]   {line}')
     overrides = data_root_overrides(args.task, data_root) + list(args.cfg_options)
     pretrained = find_pretrained()
     if pretrained:
