@@ -40,19 +40,24 @@ def test_out_indices(out_indices, expected):
     assert {f'norm{i}' for i in expected} <= {n for n, _ in model.named_children()}
 
 
+@pytest.mark.parametrize('channels_last', [False, None])
 @pytest.mark.parametrize('arch', ['atto', 'tiny'])
-def test_parity_with_timm(arch):
+def test_parity_with_timm(arch, channels_last):
+    """Bit-identical to timm in NCHW; within float rounding in the default (channels-last on
+    the CPU) layout."""
     torch.manual_seed(1)
     ref = randomize_(timm.create_model(TIMM_NAMES[arch], pretrained=False), seed=1).eval()
-    model = InceptionNeXt(arch, out_norm_cfg=None).eval()
+    model = InceptionNeXt(arch, out_norm_cfg=None, channels_last=channels_last).eval()
     missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
     assert missing == [] and all(k.startswith('head.') for k in unexpected)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         expected = ref.forward_intermediates(x, intermediates_only=True)
         outs = model(x)
+    tol = 0 if channels_last is False else 1e-5
     for a, b in zip(expected, outs):
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        assert b.is_contiguous()
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
 
 
 def test_identity_branch_comes_first():
@@ -165,12 +170,14 @@ def test_fuse_refuses_training_mode():
         InceptionNeXt('atto').train().fuse()
 
 
+@pytest.mark.parametrize('channels_last', [None, True, False])
 @pytest.mark.parametrize('out_norm_cfg', [dict(type='LN2d', eps=1e-6), dict(type='BN'), None])
 @pytest.mark.parametrize('mode', ['train', 'eval', 'deploy'])
-def test_outputs_keep_the_input_memory_format(out_norm_cfg, mode):
+def test_outputs_keep_the_input_memory_format(out_norm_cfg, mode, channels_last):
     """Heads index raw NCHW memory (mmcv's RoIAlign silently reads a channels-last view wrong),
-    so an NCHW input must give contiguous NCHW maps in every mode."""
-    model = InceptionNeXt('atto', out_norm_cfg=out_norm_cfg).train(mode == 'train')
+    so an NCHW input must give contiguous NCHW maps in every mode and internal layout."""
+    model = InceptionNeXt('atto', out_norm_cfg=out_norm_cfg, channels_last=channels_last)
+    model.train(mode == 'train')
     if mode == 'deploy':
         model.fuse()
     x = torch.randn(2, 3, 64, 64)
@@ -179,4 +186,5 @@ def test_outputs_keep_the_input_memory_format(out_norm_cfg, mode):
         outs_cl = model(x.contiguous(memory_format=torch.channels_last))
     for out, out_cl in zip(outs, outs_cl):
         assert out.is_contiguous()
+        assert out_cl.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out_cl, out, atol=1e-4, rtol=1e-4)
