@@ -147,6 +147,11 @@ class MetaNeXtStage(nn.Module):
                                       for dpr in drop_path_rates[:depth]])
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last rather than as plain contiguous NCHW."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (ConvNeXt's per-output norm).
 
@@ -155,11 +160,9 @@ class LayerNorm2d(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous()
         y = nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
                                      self.bias, self.eps).permute(0, 3, 1, 2)
-        return y if channels_last else y.contiguous()
+        return y if _is_channels_last(x) else y.contiguous()
 
 
 def _resolve_arch(arch: str | dict) -> dict:
@@ -305,8 +308,7 @@ class InceptionNeXt(BaseModule):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         run_cl = self.channels_last if self.channels_last is not None else x.device.type == 'cpu'
-        caller_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        convert_back = run_cl and not caller_cl
+        convert_back = run_cl and not _is_channels_last(x)
         if run_cl:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
