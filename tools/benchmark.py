@@ -723,10 +723,6 @@ def machine_info(opts: Options) -> dict:
                 load_average=list(os.getloadavg()) if hasattr(os, 'getloadavg') else None)
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def _iqr_pct(values: list[float]) -> float | None:
     if len(values) < 4:
         return None
@@ -739,7 +735,7 @@ def rows_of(cases: list[Case], opts: Options) -> list[dict]:
     rows = []
     for case in cases:
         for mode, times in case.times.items():
-            median = _median(times)
+            median = statistics.median(times)
             rows.append(dict(
                 family=case.family, size=case.size, variant=case.variant, mode=mode,
                 batch=opts.batch, shape=list(opts.shape), channels_last=case.channels_last,
@@ -766,7 +762,7 @@ def add_ratios(rows: list[dict]) -> None:
 def _median_breakdown(steps: list[dict[str, float]] | None) -> dict[str, float] | None:
     if not steps:
         return None
-    return {k: _median([s[k] for s in steps]) for k in steps[0]}
+    return {k: statistics.median([s[k] for s in steps]) for k in steps[0]}
 
 
 def _fmt(value: float | None, spec: str) -> str:
