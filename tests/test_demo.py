@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,11 @@ def test_seg_demo(tmp_path):
     work_dir, out = run_demo(tmp_path, 'seg', 'train_cfg.max_iters=40', 'train_cfg.val_interval=40',
                              'default_hooks.logger.interval=2', 'train_dataloader.batch_size=2',
                              'default_hooks.checkpoint.interval=40')
-    losses_fall(work_dir, 0.8)
+    # the demo config fixes the seed; over seeds 0-7 this ratio was 0.63-0.82 and mIoU 33-51
+    losses_fall(work_dir, 0.9)
     reported = json.loads(sorted((work_dir / 'test').glob('*/*.json'))[-1].read_text())['mIoU']
+    baselines = [float(x) for x in re.findall(r'\[demo\] baseline mIoU, .*: ([\d.]+)', out)]
+    assert len(baselines) == 2 and reported > 3 * max(baselines), (reported, baselines)
     # recompute mIoU from the saved prediction maps (ADE20K ids, as the annotations)
     inter, union = np.zeros(151), np.zeros(151)
     preds = sorted((work_dir / 'predictions').glob('*.png'))
@@ -51,7 +55,6 @@ def test_seg_demo(tmp_path):
             union[c] += (p | t).sum()
     miou = np.mean(inter[union > 0] / union[union > 0]) * 100
     assert miou == pytest.approx(reported, abs=0.02)
-    assert 'baseline mIoU, constant' in out
     assert '[demo]   model.decode_head.channels: 512 -> 128' in out  # what the demo changes
     assert glob.glob(str(work_dir / 'vis' / '**' / '*.png'), recursive=True)
 
