@@ -219,6 +219,18 @@ def test_print_config_bad_key(monkeypatch, capsys):
     assert code == 2 and err[-1].startswith('error: ') and 'model.backbon' in err[-1]
 
 
+
+def test_demo_config_changes_lists_every_difference(tmp_path):
+    config_changes = runpy.run_path(str(ROOT / 'tools' / 'demo.py'))['config_changes']
+    (tmp_path / 'base.py').write_text("a = dict(b=1, c='unset')\nd = [dict(e=2)]\n")
+    (tmp_path / 'demo.py').write_text("_base_ = ['base.py']\na = dict(b=3)\nd = [dict(e=2)]\n"
+                                      "del_c = 1\n")
+    assert config_changes(str(tmp_path / 'base.py'), str(tmp_path / 'demo.py')) == [
+        'a.b: 1 -> 3', 'del_c: unset -> 1']
+    (tmp_path / 'demo.py').write_text("a = dict(b=1)\nd = [dict(e=2)]\n")  # no _base_: c missing
+    assert config_changes(str(tmp_path / 'base.py'), str(tmp_path / 'demo.py')) == [
+        "a.c: 'unset' -> unset"]
+
 @pytest.fixture()
 def fake_bin(tmp_path) -> Path:
     """A ``python`` and an ``srun`` that print their arguments, one per line."""

@@ -99,12 +99,14 @@ def config_changes(base: str, demo: str) -> list[str]:
     from mmengine.config import Config
     old, new = (_flatten(Config.fromfile(path).to_dict()) for path in (base, demo))
 
+    unset = object()  # a key one of the two configs lacks
+
     def show(value: object) -> str:
-        text = repr(value)
+        text = 'unset' if value is unset else repr(value)
         return text if len(text) <= 48 else text[:45] + '...'
-    return [f'{key}: {show(old.get(key, "unset"))} -> {show(new.get(key, "unset"))}'
+    return [f'{key}: {show(old.get(key, unset))} -> {show(new.get(key, unset))}'
             for key in sorted(set(old) | set(new))
-            if '_scope_' not in key and old.get(key, 'unset') != new.get(key, 'unset')]
+            if '_scope_' not in key and old.get(key, unset) != new.get(key, unset)]
 
 
 def data_root_overrides(task: str, data_root: str) -> list[str]:
