@@ -67,7 +67,7 @@ def test_det_demo(tmp_path):
                              'val_dataloader.dataset.indices=10',
                              'test_dataloader.dataset.indices=10',
                              'optim_wrapper.optimizer.lr=3e-4', 'model.test_cfg.rcnn.score_thr=0.0')
-    losses_fall(work_dir, 0.85)
+    losses_fall(work_dir, 0.85)  # over seeds 0-5: 0.58-0.79 (the demo config fixes seed 0)
     assert "[demo]   model.train_cfg.rcnn.sampler.num: 512 -> 64" in out
     reported = json.loads(sorted((work_dir / 'test').glob('*/*.json'))[-1].read_text())
     assert 'coco/bbox_mAP' in reported and 'coco/segm_mAP' in reported
