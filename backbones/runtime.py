@@ -3,7 +3,8 @@
 - mmengine-saved checkpoints (resume, ``load_from``, test) hold Python objects that torch >= 2.6's
   ``weights_only`` default refuses (mmengine#1655): local checkpoints load as mmengine intended.
 - ``--amp`` on a machine without CUDA uses bfloat16 autocast (``BF16AmpOptimWrapper``).
-- Distributed runs without CUDA use gloo, CPU DDP and BatchNorm instead of SyncBN.
+- Distributed runs without CUDA use gloo (every ``--launcher``), CPU DDP and BatchNorm instead of
+  SyncBN; a launcher started without its environment is a one-line error.
 - Checkpoints are written atomically, old ones removed only after a new one is complete, and a
   non-finite loss stops training (``add_safety_hooks``).
 """
@@ -13,7 +14,6 @@ import os
 from contextlib import contextmanager
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
@@ -22,6 +22,8 @@ from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner import runner as mmengine_runner
 from mmengine.runner.amp import autocast
 from mmengine.runner.checkpoint import CheckpointLoader, find_latest_checkpoint
+
+from .launchers import check_launcher_env, init_cpu_process_group
 
 
 def load_from_trusted_local(filename: str, map_location=None) -> dict:
@@ -91,7 +93,10 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
             wrapper.type = 'BF16AmpOptimWrapper'
             wrapper.pop('loss_scale', None)
             print_log('--amp without CUDA: bfloat16 autocast on the CPU', logger='current')
-    if launcher == 'none' or cuda:
+    if launcher == 'none':
+        return
+    check_launcher_env(launcher)
+    if cuda:
         return
     n = _replace_type(cfg._cfg_dict, 'SyncBN', 'BN')
     if n:
@@ -101,10 +106,7 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
     cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
                                  broadcast_buffers=False,
                                  find_unused_parameters=cfg.get('find_unused_parameters', False))
-    if launcher == 'pytorch' and not dist.is_initialized():
-        # mmengine's launcher calls torch.cuda.set_device, which fails without CUDA.
-        dist.init_process_group('gloo', rank=int(os.environ['RANK']),
-                                world_size=int(os.environ['WORLD_SIZE']))
+    init_cpu_process_group(launcher)
 
 
 def add_safety_hooks(cfg: Config) -> None:

@@ -231,6 +231,7 @@ def test_demo_config_changes_lists_every_difference(tmp_path):
     assert config_changes(str(tmp_path / 'base.py'), str(tmp_path / 'demo.py')) == [
         "a.c: 'unset' -> unset"]
 
+
 @pytest.fixture()
 def fake_bin(tmp_path) -> Path:
     """A ``python`` and an ``srun`` that print their arguments, one per line."""
@@ -269,8 +270,11 @@ def test_launch_scripts(fake_bin):
                                   '--quotatype=auto', '--time=1:00:00'} <= set(argv)
     assert argv[-6:] == [UPERNET_T, '--work-dir', 'work_dirs/x', '--launcher', 'slurm',
                          '--amp']
+    assert '--gres=gpu:8' in argv
     argv = run_script('slurm_train.sh', 'part', 'job', UPERNET_T, '--amp', env=env)
     assert '--work-dir' not in argv and argv[-3:] == ['--launcher', 'slurm', '--amp']
+    argv = run_script('slurm_train.sh', 'part', 'job', UPERNET_T, env={**env, 'GRES': ''})
+    assert not any(a.startswith('--gres') for a in argv)  # CPU-only nodes
     usage = subprocess.run(['bash', 'tools/dist_train.sh'], cwd=ROOT, capture_output=True,
                            text=True, timeout=30)
     assert usage.returncode == 2 and 'usage:' in usage.stderr

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training on a Slurm cluster, one task per GPU (upstream mmdet/mmseg's script).
 #   tools/slurm_train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [tools/train.py args]
-#   env: GPUS (8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS (""), PYTHON (python)
+#   env: GPUS (8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS (""), PYTHON (python),
+#        GRES (gpu:$GPUS_PER_NODE; GRES= for CPU-only nodes: GPUS then counts tasks, run on gloo)
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 PARTITION JOB_NAME CONFIG [WORK_DIR] [tools/train.py args]" >&2
@@ -20,13 +21,18 @@ GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
+GRES=${GRES-gpu:$GPUS_PER_NODE}
+GRES_ARGS=()
+if [ -n "$GRES" ]; then
+  GRES_ARGS=(--gres="$GRES")
+fi
 
 set -x
 # SRUN_ARGS is split into words on purpose (e.g. SRUN_ARGS="--quotatype=auto --time=48:00:00").
 # shellcheck disable=SC2086
 exec srun -p "$PARTITION" \
     --job-name="$JOB_NAME" \
-    --gres=gpu:"$GPUS_PER_NODE" \
+    ${GRES_ARGS[@]+"${GRES_ARGS[@]}"} \
     --ntasks="$GPUS" \
     --ntasks-per-node="$GPUS_PER_NODE" \
     --cpus-per-task="$CPUS_PER_TASK" \
