@@ -54,6 +54,11 @@ def _check_type(key: str, old, new) -> None:
         raise ConfigError(f'--cfg-options {key}={new!r}: expected a string like {old!r}')
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ''
+
+
 def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
     """Load a config file and apply checked ``--cfg-options``."""
     if not osp.isfile(path):
@@ -61,9 +66,16 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
                           f'configs/upernet_inceptionnext_t_ade20k.py)')
     try:
         cfg = Config.fromfile(path)
+    except ImportError as e:  # mmengine lists sys.path over many lines; the cause says what
+        cause = e
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # down to the import that failed
+        raise ConfigError(f'cannot import the custom_imports of config {path}: '
+                          f'{type(cause).__name__}: {_first_line(cause)}; make the module '
+                          'importable (pip install -e . or PYTHONPATH)') from None
     except Exception as e:  # noqa: BLE001  (a config that does not parse is bad input)
         raise ConfigError(f'cannot parse config {path}: {type(e).__name__}: '
-                          f'{str(e).strip().splitlines()[0] if str(e).strip() else ""}') from None
+                          f'{_first_line(e)}') from None
     if cfg_options:
         check_overrides(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)

@@ -72,6 +72,14 @@ def test_missing_config(capsys):
     assert_one_line_error(code, err, 'config file not found: configs/nope.py')
 
 
+def test_config_with_unimportable_custom_imports(tmp_path, capsys):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("custom_imports = dict(imports=['no_such_module'])\n")
+    code, err = run_train([str(cfg)], capsys)
+    assert_one_line_error(code, err, f'custom_imports of config {cfg}',
+                          "No module named 'no_such_module'", 'PYTHONPATH')
+
+
 @pytest.mark.parametrize('case,fragments', [
     ('missing', ['checkpoint not found']),
     ('truncated', ['cannot read checkpoint', 'truncated']),
