@@ -83,6 +83,32 @@ def load_pretrained(model: nn.Module, path: str, prefix: str | None = None) -> d
                 unexpected=unexpected)
 
 
+def fit_model_checkpoint(model: nn.Module, path: str) -> tuple[dict, dict]:
+    """Read a whole-model checkpoint (mmdet/mmseg, from training) and check it against ``model``
+    (wrappers and TTA models unwrapped): returns ``(checkpoint, state to load)``.
+
+    Raises ``CheckpointError`` if the file is unreadable, no key matches or a shape differs; logs
+    the model tensors the file lacks (they would keep their initial values).
+    """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    checkpoint = read_checkpoint(path)
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not _has_tensors(state):
+        raise CheckpointError(f'{path} holds no state dict of tensors; expected a checkpoint '
+                              'saved by training this config (e.g. work_dirs/NAME/iter_N.pth)')
+    state = {_strip(k, 'module.'): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    matched = check_fit(own, state, path, 'the model of the config',
+                        'is it a checkpoint of this config (same arch and heads)?')
+    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
+    if missing:
+        print_log(f'{len(missing)} model tensors are not in {path} and keep their initial '
+                  f'values: {_short(missing, 3)}', logger='current', level=30)
+    return checkpoint, {k: state[k] for k in matched}
+
+
 def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -> list[str]:
     """Keys of ``state`` that ``own`` has; raises if none match or any shape differs."""
     matched = [k for k in state if k in own]

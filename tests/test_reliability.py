@@ -19,12 +19,12 @@ from PIL import Image
 UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
 
 
-def run_train(argv: list[str], capsys) -> tuple[int, str]:
-    """Run tools/train.py in this process (imports are shared, so it is quick)."""
+def run_train(argv: list[str], capsys, tool: str = 'train.py') -> tuple[int, str]:
+    """Run tools/train.py (or ``tool``) in this process (imports are shared, so it is quick)."""
     old = sys.argv
-    sys.argv = ['tools/train.py', *argv]
+    sys.argv = [f'tools/{tool}', *argv]
     try:
-        runpy.run_path(str(ROOT / 'tools' / 'train.py'), run_name='__main__')
+        runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
         code = 0
     except SystemExit as e:
         code = e.code
@@ -105,6 +105,35 @@ def test_bad_pretrained_checkpoints(seg_cfg, tmp_path, capsys, atto_ckpt, case, 
     override = f"model.backbone.init_cfg.checkpoint='{path}'"
     code, err = run_train(train_args(seg_cfg, work_dir, override, pretrained=True), capsys)
     assert_one_line_error(code, err, path, *fragments)
+    assert not list(work_dir.glob('*.pth'))
+
+
+@pytest.mark.parametrize('case,fragments', [
+    ('truncated', ['cannot read checkpoint', 'truncated']),
+    ('text', ['cannot read checkpoint']),
+    ('other_arch', ['does not fit the model of the config', 'shape mismatch']),
+    ('no_match', ['no key of', 'matches the model of the config']),
+])
+@pytest.mark.parametrize('tool', ['test.py', 'train.py --resume'])
+def test_bad_model_checkpoints(seg_cfg, tmp_path, capsys, tool, case, fragments):
+    """tools/test.py CHECKPOINT and tools/train.py --resume CHECKPOINT never run on a misfit."""
+    path = tmp_path / 'iter_2.pth'
+    if case == 'text':
+        path.write_text('not a checkpoint')
+    else:
+        state = {'other_arch': {'backbone.stem.0.weight': torch.zeros(96, 3, 4, 4)},
+                 'no_match': {'conv1.weight': torch.zeros(8, 3, 3, 3)},
+                 'truncated': {'backbone.stem.0.weight': torch.zeros(40, 3, 4, 4)}}[case]
+        torch.save({'state_dict': state, 'meta': {}}, path)
+        if case == 'truncated':
+            path.write_bytes(path.read_bytes()[:300])
+    work_dir = tmp_path / 'work'
+    args = train_args(seg_cfg, work_dir)
+    if tool == 'test.py':
+        code, err = run_train([args[0], str(path), *args[1:]], capsys, tool='test.py')
+    else:
+        code, err = run_train([*args, '--resume', str(path)], capsys)
+    assert_one_line_error(code, err, str(path), *fragments)
     assert not list(work_dir.glob('*.pth'))
 
 

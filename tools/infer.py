@@ -17,10 +17,7 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 
-from backbones.checkpoint import (  # importing backbones registers the loader
-    check_fit,
-    read_checkpoint,
-)
+from backbones.checkpoint import fit_model_checkpoint  # importing backbones registers the loader
 from backbones.cli import load_config, one_line_errors, task_of
 from backbones.errors import CheckpointError, ConfigError, DataError
 
@@ -68,23 +65,6 @@ def check_device(device: str) -> str:
     if device != 'cpu' and not torch.cuda.is_available():
         raise ConfigError(f'--device {device}: CUDA is not available here; use --device cpu')
     return device
-
-
-def load_weights(model: nn.Module, checkpoint: Mapping, path: str) -> None:
-    """Load a (wrapped) state dict into ``model`` after checking names and shapes."""
-    state = checkpoint.get('state_dict', checkpoint)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f'{path} holds no state dict')
-    state = {k.removeprefix('module.'): v for k, v in state.items()
-             if isinstance(v, torch.Tensor)}
-    own = model.state_dict()
-    matched = check_fit(own, state, path, 'the model of the config',
-                        'is it a checkpoint of this config?')
-    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
-    if missing:
-        print(f'warning: {len(missing)} model tensors are not in {path} and keep random '
-              f'values, e.g. {", ".join(missing[:3])}')
-    model.load_state_dict({k: state[k] for k in matched}, strict=False)
 
 
 def dataset_meta(cfg: Config, checkpoint: Mapping, task: str) -> dict | None:
@@ -143,12 +123,9 @@ def main() -> None:
     images = collect_images(args.images)
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
-    checkpoint = read_checkpoint(args.checkpoint)
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f'{args.checkpoint} holds a {type(checkpoint).__name__}, not a '
-                              'checkpoint dict')
     model, visualizer = build(cfg, task, device)
-    load_weights(model, checkpoint, args.checkpoint)
+    checkpoint, state = fit_model_checkpoint(model, args.checkpoint)
+    model.load_state_dict(state, strict=False)
     meta = dataset_meta(cfg, checkpoint, task)
     if meta:
         model.dataset_meta = meta

@@ -11,6 +11,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli import default_work_dir, load_config, one_line_errors, task_of
 from backbones.data_check import check_data_roots, readable_data_errors
 from backbones.errors import CheckpointError, ConfigError
@@ -85,6 +86,7 @@ def main() -> None:
             cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    fit_model_checkpoint(runner.model, args.checkpoint)  # one-line errors, not a silent misfit
     with readable_data_errors(cfg):
         runner.test()
 

@@ -11,6 +11,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli import default_work_dir, load_config, one_line_errors
 from backbones.data_check import check_data_roots, readable_data_errors
 from backbones.errors import CheckpointError, ConfigError
@@ -60,6 +61,8 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, args.resume
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if cfg.get('resume') and cfg.get('load_from'):
+        fit_model_checkpoint(runner.model, cfg.load_from)  # one-line errors for a bad --resume
     with readable_data_errors(cfg):
         runner.train()
 
