@@ -95,3 +95,19 @@ def test_det_demo(tmp_path):
     evaluator.accumulate()
     evaluator.summarize()
     assert evaluator.stats[0] == pytest.approx(reported['coco/bbox_mAP'], abs=6e-4)  # 3 decimals
+
+
+def test_demo_uses_a_local_imagenet_checkpoint(tmp_path, monkeypatch):
+    """With ~/.cache/torch/hub/checkpoints/inceptionnext_tiny.pth present the demo loads it."""
+    import timm
+    import torch
+    hub = tmp_path / 'home' / '.cache' / 'torch' / 'hub' / 'checkpoints'
+    hub.mkdir(parents=True)
+    torch.save(timm.create_model('inception_next_tiny').state_dict(),
+               hub / 'inceptionnext_tiny.pth')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    work_dir, out = run_demo(tmp_path, 'seg', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+                             'default_hooks.checkpoint.interval=2')
+    assert f'[demo] using the ImageNet checkpoint {hub / "inceptionnext_tiny.pth"}' in out
+    log = next(work_dir.glob('*/*.log')).read_text()
+    assert f'InceptionNeXt: loaded 316 tensors from {hub / "inceptionnext_tiny.pth"}' in log

@@ -45,6 +45,18 @@ def find_pretrained() -> str | None:
     return None
 
 
+def with_pretrained_backbone(config: str, checkpoint: str, work_dir: str) -> str:
+    """A config in ``work_dir`` that inherits ``config`` and loads ``checkpoint`` into the
+    backbone (a dict value cannot be given through --cfg-options)."""
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, 'pretrained_' + osp.basename(config))
+    init_cfg = f"dict(_delete_=True, type='Pretrained', checkpoint={osp.abspath(checkpoint)!r})"
+    with open(path, 'w') as f:
+        f.write(f'_base_ = [{osp.abspath(config)!r}]\n'
+                f'model = dict(backbone=dict(init_cfg={init_cfg}))\n')
+    return path
+
+
 def run(args: list[str]) -> None:
     print('$', ' '.join(args), flush=True)
     result = subprocess.run([sys.executable, *args])
@@ -140,20 +152,21 @@ def main() -> None:
     for line in config_changes(demo['base'], demo['config']):
         print(f'[demo]   {line}')
     overrides = data_root_overrides(args.task, data_root) + list(args.cfg_options)
+    extra = ['--cfg-options', *overrides] if overrides else []
+    work_dir = args.work_dir or demo['work_dir']
+    config = demo['config']
     pretrained = find_pretrained()
     if pretrained:
         print(f'[demo] using the ImageNet checkpoint {pretrained}')
-        overrides.append(f"model.backbone.init_cfg=dict(type='Pretrained',checkpoint='{pretrained}')")
+        config = with_pretrained_backbone(config, pretrained, work_dir)
     else:
         print('[demo] no local ImageNet checkpoint (looked for '
               f'{", ".join(PRETRAINED_CANDIDATES)}): training from scratch')
-    extra = ['--cfg-options', *overrides] if overrides else []
-    work_dir = args.work_dir or demo['work_dir']
-    run([osp.join(TOOLS, 'train.py'), demo['config'], '--work-dir', work_dir, *extra])
+    run([osp.join(TOOLS, 'train.py'), config, '--work-dir', work_dir, *extra])
     checkpoint = open(osp.join(work_dir, 'last_checkpoint')).read().strip()
     vis_dir = osp.join(work_dir, 'vis')
     out = osp.join(work_dir, 'predictions' + ('.pkl' if args.task == 'det' else ''))
-    run([osp.join(TOOLS, 'test.py'), demo['config'], checkpoint, '--work-dir',
+    run([osp.join(TOOLS, 'test.py'), config, checkpoint, '--work-dir',
          osp.join(work_dir, 'test'), '--show-dir', vis_dir, '--out', out, *extra])
     metrics = latest_metrics(osp.join(work_dir, 'test'))
     drawn = sorted(glob.glob(osp.join(vis_dir, '**', '*.png'), recursive=True)
