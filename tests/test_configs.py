@@ -1,6 +1,7 @@
 """Every config builds its model without weights; overrides reach the built model."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,29 @@ def test_overrides_reach_the_model():
     assert backbone.stages[3].blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
     assert not any(p.requires_grad for p in backbone.stages[1].parameters())
     assert all(p.requires_grad for p in backbone.stages[2].parameters())
+
+
+def readme_snippets() -> dict[str, str]:
+    """The README's own-project config snippets, keyed by the library named on their first line."""
+    text = (ROOT / 'README.md').read_text()
+    blocks = re.findall(r'```python\n(# (mmdet|mmseg): _base_ = .*?)```', text, re.S)
+    return {library: block for block, library in blocks}
+
+
+@pytest.mark.parametrize('library', ['mmdet', 'mmseg'])
+def test_readme_snippet_builds_and_runs_on_its_base(tmp_path, library):
+    import torch
+    snippet = readme_snippets()[library]
+    path = tmp_path / f'{library}_project.py'
+    path.write_text(snippet.splitlines()[0].split(': ', 1)[1] + '\n' + snippet)  # the _base_
+    cfg = load_config(str(path), {'model.backbone.init_cfg': None})  # no download here
+    model = build(cfg).eval()
+    assert type(model.backbone).__name__ == 'InceptionNeXt'
+    with torch.no_grad():
+        feats = model.extract_feat(torch.rand(1, 3, 64, 64))
+        if library == 'mmdet':
+            assert [f.shape[1] for f in feats] == [256] * 5  # the FPN took the stage widths
+        else:
+            logits = model.decode_head(feats)
+            aux = model.auxiliary_head(feats)
+            assert logits.shape == (1, 150, 16, 16) and aux.shape == (1, 150, 4, 4)
