@@ -150,6 +150,8 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
     assert out['state_dict'].keys() == state.keys()
     assert all(torch.equal(out['state_dict'][k], v) for k, v in state.items())
     assert no_temp_files(dst.parent)
+    again = run_tool('convert_checkpoint.py', src, tmp_path / 'again' / 'upernet_atto.pth')
+    assert Path(again.stdout.strip().splitlines()[-1]).name == final.name  # reproducible name
 
 
 # --- infer.py ---------------------------------------------------------------------------------

@@ -138,12 +138,19 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def save_torch(obj: dict, path: str) -> None:
+    """``torch.save`` through a file object: given a path, torch names the archive inside after
+    the (random) temporary file, so the same weights would hash differently on every run."""
+    with open(path, 'wb') as f:
+        torch.save(obj, f)
+
+
 def save_backbone(state: dict, dst: str) -> str:
     """Save a flat state dict (``.safetensors`` if ``dst`` is named so, else ``torch.save``)."""
     if dst.endswith('.safetensors'):
         from safetensors.torch import save_file
         return write_atomic(dst, lambda tmp: save_file(state, tmp))
-    return write_atomic(dst, lambda tmp: torch.save(state, tmp))
+    return write_atomic(dst, lambda tmp: save_torch(state, tmp))
 
 
 def save_release(release: dict, dst: str) -> str:
@@ -151,7 +158,7 @@ def save_release(release: dict, dst: str) -> str:
     if dst.endswith('.safetensors'):
         raise ConfigError(f'{dst}: a release file holds meta data too; name it .pth')
     stem = dst[:-len('.pth')] if dst.endswith('.pth') else dst
-    return write_atomic(dst, lambda tmp: torch.save(release, tmp),
+    return write_atomic(dst, lambda tmp: save_torch(release, tmp),
                         final_name=lambda sha: f'{stem}-{sha[:8]}.pth')
 
 
