@@ -56,6 +56,18 @@ def check_data_roots(cfg: Config, loaders: Iterable[str]) -> None:
                 path = osp.join(root, sub) if isinstance(sub, str) else None
                 if path and not _non_empty_dir(path):
                     raise DataError(f'{path} ({loader}) is missing or empty: {hint}')
+        _check_evaluator_files(cfg, loader.replace('_dataloader', '_evaluator'))
+
+
+def _check_evaluator_files(cfg: Config, name: str) -> None:
+    """The ``ann_file`` of COCO-style metrics, which do not follow the loader's data_root."""
+    evaluator = cfg.get(name)
+    for i, metric in enumerate(evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]):
+        ann = metric.get('ann_file') if isinstance(metric, Mapping) else None
+        if ann and '://' not in ann and not osp.isfile(ann):
+            key = name if isinstance(metric, Mapping) and metric is evaluator else f'{name}.{i}'
+            raise DataError(f'annotation file {ann} ({key}.ann_file) not found: point it at your '
+                            f'copy with --cfg-options {key}.ann_file=PATH')
 
 
 @contextmanager

@@ -58,5 +58,5 @@ class FiniteLossHook(Hook):
             raise TrainingDivergedError(
                 f'the loss became {loss.item()} at iteration {runner.iter + 1}: lower the lr '
                 f'(--cfg-options optim_wrapper.optimizer.lr=...), enable gradient clipping '
-                f'(optim_wrapper.clip_grad=dict(max_norm=1.0)) or check the data; the last '
+                f'(optim_wrapper.clip_grad.max_norm=1.0) or check the data; the last '
                 f'checkpoint in {runner.work_dir} is intact (--resume)')

@@ -226,6 +226,11 @@ class InceptionNeXt(BaseModule):
                  channels_last: bool | None = None,
                  init_cfg: dict | list | None = None):
         super().__init__(init_cfg=init_cfg)
+        for cfg in init_cfg if isinstance(init_cfg, list) else [init_cfg]:
+            if cfg is not None and (not isinstance(cfg, dict) or 'type' not in cfg
+                                    or cfg['type'] == 'Pretrained' and 'checkpoint' not in cfg):
+                raise ConfigError(f"InceptionNeXt: init_cfg must be None or like "
+                                  f"dict(type='Pretrained', checkpoint=PATH_OR_URL), got {cfg!r}")
         settings = _resolve_arch(arch)
         self.arch_settings = settings
         self.depths = tuple(int(d) for d in settings['depths'])

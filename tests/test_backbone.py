@@ -89,6 +89,8 @@ def test_custom_arch_dict():
     (dict(out_indices=(0, -4)), 'distinct'),
     (dict(frozen_stages=5), 'frozen_stages'),
     (dict(drop_path_rate=1.5), 'drop_path_rate'),
+    (dict(init_cfg=dict(checkpoint='x.pth')), 'init_cfg must be None or like'),
+    (dict(init_cfg=[dict(type='Pretrained')]), 'init_cfg must be None or like'),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

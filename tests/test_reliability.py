@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import shutil
 import signal
@@ -15,6 +16,8 @@ import pytest
 import torch
 from helpers import ATTO, FAMILIES, ROOT, SEG_TAIL, write_config
 from PIL import Image
+
+from backbones.cli import load_config
 
 UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
 
@@ -59,12 +62,26 @@ def train_args(cfg: str, work_dir: Path, *extra: str, pretrained: bool = False) 
     ('model.backbone.out_indices=[0,5]', ['out_indices']),
     ('model.backbone.frozen_stages=7', ['frozen_stages']),
     ('model.backbone.archh=1', ["unexpected keyword argument 'archh'"]),
+    ('model.backbonee.arch=atto', ["unexpected keyword argument 'backbonee'"]),
+    ('model.backbone.init_cfg.checkpoint=x.pth',  # besides model.backbone.init_cfg=None
+     ["sets both 'model.backbone.init_cfg' and 'model.backbone.init_cfg.checkpoint'"]),
+    ('train_cfg.max_iters.x=1', ["'train_cfg.max_iters' is 2", 'not a dict']),
 ])
 def test_bad_config_overrides(seg_cfg, tmp_path, capsys, override, fragments):
     work_dir = tmp_path / 'work'
     code, err = run_train(train_args(seg_cfg, work_dir, override), capsys)
     assert_one_line_error(code, err, *fragments)
     assert not list(work_dir.glob('*.pth'))
+
+
+def test_overrides_create_keys_below_typed_dicts_and_none_settings():
+    demo = str(ROOT / 'configs' / 'demo' / 'upernet_inceptionnext-t_demo_ade20k.py')
+    assert load_config(demo).model.backbone.init_cfg is None
+    cfg = load_config(demo, {'optim_wrapper.clip_grad.max_norm': 1.0,
+                             'model.backbone.init_cfg.type': 'Pretrained',
+                             'model.backbone.init_cfg.checkpoint': 'x.pth'})
+    assert cfg.optim_wrapper.clip_grad == dict(max_norm=1.0)
+    assert cfg.model.backbone.init_cfg == dict(type='Pretrained', checkpoint='x.pth')
 
 
 def test_missing_config(capsys):
@@ -155,6 +172,17 @@ def test_missing_or_empty_dataset(tmp_path, capsys, case):
                           'is empty' if case == 'empty' else 'not found')
 
 
+def test_missing_evaluator_annotation_file(tmp_path, tiny_data, capsys):
+    base, tail, overrides = FAMILIES['mask_rcnn']
+    cfg = write_config(tmp_path, base, tail, root=tiny_data['det'])
+    missing = str(tmp_path / 'elsewhere' / 'instances_val2017.json')
+    code, err = run_train([cfg, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                           *ATTO.split(), *overrides.split(), f'val_evaluator.ann_file={missing}'],
+                          capsys)
+    assert_one_line_error(code, err, missing, '--cfg-options val_evaluator.ann_file=PATH')
+    assert not (tmp_path / 'work').exists()
+
+
 def test_unreadable_image(tmp_path, tiny_data, capsys):
     root = tmp_path / 'ade'
     shutil.copytree(tiny_data['seg'], root)
@@ -197,6 +225,9 @@ def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
     code, err = run_train(train_args(seg_cfg, tmp_path / 'work', 'train_cfg.max_iters=6',
                                      'optim_wrapper.optimizer.lr=1e30'), capsys)
     assert_one_line_error(code, err, 'the loss became', 'lower the lr')
+    advice = re.search(r'\((optim_wrapper\.clip_grad[^)]*)\)', err).group(1)
+    key, value = advice.split('=')  # the advice works as a --cfg-options override
+    assert load_config(seg_cfg, {key: float(value)}).optim_wrapper.clip_grad.max_norm == 1.0
 
 
 @pytest.mark.slow
