@@ -23,6 +23,7 @@ from mmengine.runner import runner as mmengine_runner
 from mmengine.runner.amp import autocast
 from mmengine.runner.checkpoint import CheckpointLoader, find_latest_checkpoint
 
+from . import cpu_bf16_ops
 from .launchers import check_launcher_env, init_cpu_process_group
 
 
@@ -92,6 +93,7 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
         else:
             wrapper.type = 'BF16AmpOptimWrapper'
             wrapper.pop('loss_scale', None)
+            cpu_bf16_ops.enable()
             print_log('--amp without CUDA: bfloat16 autocast on the CPU', logger='current')
     if launcher == 'none':
         return

@@ -5,6 +5,8 @@ a narrow head, 64-pixel images from the demo generator, a few iterations.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import ATTO, FAMILIES, SEG_TAIL, last_metrics, run_tool, write_config
@@ -76,3 +78,26 @@ def test_auto_scale_lr(tmp_path, tiny_data):
     assert len(groups) > 2
     for group in groups:  # each decayed lr, scaled by 2 / 16
         assert group['lr'] == pytest.approx(1e-4 * group['lr_scale'] * 2 / 16)
+
+
+@pytest.mark.parametrize('family', ['upernet', 'mask_rcnn'])
+def test_amp_train_and_test_on_the_cpu(tmp_path, tiny_data, family):
+    """--amp without CUDA: bf16 autocast, with mmcv's float32-only nms/RoIAlign in float32."""
+    if torch.cuda.is_available():
+        pytest.skip('checks the CPU bf16 path')
+    base, tail, overrides = FAMILIES[family]
+    task = 'seg' if tail is SEG_TAIL else 'det'
+    cfg = write_config(tmp_path, base, tail, root=tiny_data[task], iters=2)
+    work_dir = tmp_path / 'work'
+    args = ['--cfg-options', *ATTO.split(), *overrides.split()]
+    result = run_tool('tools/train.py', cfg, '--work-dir', str(work_dir), '--amp', *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'bfloat16 autocast on the CPU' in result.stdout + result.stderr
+    train_logs, val_logs = last_metrics(work_dir)
+    assert all(torch.isfinite(torch.tensor(x['loss'])) for x in train_logs if 'loss' in x)
+    checkpoint = sorted(work_dir.glob('*.pth'))[-1]
+    result = run_tool('tools/test.py', cfg, str(checkpoint), '--work-dir', str(tmp_path / 'test'),
+                      '--amp', *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(next((tmp_path / 'test').glob('*/*.json')).read_text())
+    assert ('mIoU' if task == 'seg' else 'coco/bbox_mAP') in metrics

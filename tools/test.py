@@ -11,6 +11,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from backbones import cpu_bf16_ops
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli import default_work_dir, load_config, one_line_errors, task_of
 from backbones.data_check import check_data_roots, readable_data_errors
@@ -67,6 +68,7 @@ def main() -> None:
     adapt_to_device(cfg, args.launcher, amp=False)
     if args.amp:
         cfg.test_cfg = {**cfg.get('test_cfg', {}), 'fp16': True}
+        cpu_bf16_ops.enable()  # only changes CPU inputs that are not float32
     if args.show or args.show_dir:
         enable_visualization(cfg, task, args)
     if args.tta:
@@ -87,6 +89,8 @@ def main() -> None:
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     fit_model_checkpoint(runner.model, args.checkpoint)  # one-line errors, not a silent misfit
+    if args.amp:
+        cpu_bf16_ops.float32_predictions(runner.model)
     with readable_data_errors(cfg):
         runner.test()
 
