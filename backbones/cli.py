@@ -3,6 +3,7 @@ one-line errors for bad input."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import os.path as osp
 import sys
@@ -18,10 +19,10 @@ _NUMBER = (int, float)
 def check_overrides(cfg: Config, options: Mapping) -> None:
     """Reject ``--cfg-options`` keys that do not exist and values of the wrong type.
 
-    New keys are accepted below a dict with a ``type`` (a constructor call, e.g.
-    ``model.backbone.frozen_stages`` or ``optim_wrapper.clip_grad.max_norm``): the constructor
-    validates them when it is built. A setting that is ``None`` becomes a dict when a key below it
-    is given (``model.backbone.init_cfg.checkpoint=...`` where ``init_cfg=None``).
+    A new key is accepted directly inside a dict with a ``type`` (a constructor argument, e.g.
+    ``model.backbone.frozen_stages``): the constructor validates it when it is built. A setting
+    that is ``None`` becomes a dict when keys below it are given (``optim_wrapper.clip_grad.
+    max_norm=1.0`` where ``clip_grad=None``).
     """
     for key in options:
         for parent in (key.rsplit('.', n)[0] for n in range(1, key.count('.') + 1)):
@@ -43,7 +44,7 @@ def check_overrides(cfg: Config, options: Mapping) -> None:
                                   f'has no key {part!r}; set the whole value in a config that '
                                   'inherits this one')
             if part not in node:
-                if 'type' in node:
+                if depth == len(parts) - 1 and 'type' in node:
                     break
                 raise ConfigError(f"--cfg-options {key}: no key '{here}' in {cfg.filename}; "
                                   f'check the spelling (python tools/print_config.py CONFIG '
@@ -99,7 +100,48 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
     if cfg_options:
         check_overrides(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
+    check_head_widths(cfg)
     return cfg
+
+
+def check_head_widths(cfg: Config) -> None:
+    """The neck's (else the heads') ``in_channels`` must be what an InceptionNeXt backbone gives,
+    e.g. after ``model.backbone.arch=atto`` alone (a shape error deep in the heads otherwise)."""
+    model = cfg.get('model')
+    backbone = model.get('backbone') if isinstance(model, Mapping) else None
+    if not isinstance(backbone, Mapping) or backbone.get('type') != 'InceptionNeXt':
+        return
+    from .inception_next import InceptionNeXt, _resolve_arch
+    defaults = inspect.signature(InceptionNeXt).parameters
+    arch = backbone.get('arch', defaults['arch'].default)
+    indices = backbone.get('out_indices', defaults['out_indices'].default)
+    try:
+        dims = _resolve_arch(arch)['dims']
+        indices = [indices] if isinstance(indices, int) else list(indices)
+        stages = sorted({i % 4 for i in indices})
+        if len(stages) != len(indices) or not all(-4 <= i <= 3 for i in indices):
+            return
+        widths = [int(dims[i]) for i in stages]
+    except (ConfigError, TypeError, IndexError, KeyError):
+        return  # the backbone itself reports a bad arch or out_indices when it is built
+    name = arch if isinstance(arch, str) else 'with this arch'
+    if isinstance(model.get('neck'), Mapping):
+        checks = [('neck', widths)]
+    else:
+        checks = [('decode_head', widths)]
+        aux = model.get('auxiliary_head')
+        index = aux.get('in_index') if isinstance(aux, Mapping) else None
+        if isinstance(index, int) and -len(widths) <= index < len(widths):
+            checks.append(('auxiliary_head', widths[index]))
+    for key, want in checks:
+        head = model.get(key)
+        have = head.get('in_channels') if isinstance(head, Mapping) else None
+        if isinstance(have, (list, tuple)):
+            have = list(have)
+        if have is not None and type(have) is type(want) and have != want:
+            raise ConfigError(f'model.{key}.in_channels is {have} but InceptionNeXt {name} gives '
+                              f'{want}; add --cfg-options model.{key}.in_channels='
+                              f"{str(want).replace(' ', '')}")
 
 
 def default_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> str:

@@ -55,8 +55,11 @@ class FiniteLossHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get('loss')
         if loss is not None and not torch.isfinite(loss).all():
+            clip = ('optim_wrapper.clip_grad.max_norm=1.0'
+                    if 'clip_grad' in runner.cfg.get('optim_wrapper', {})
+                    else 'add clip_grad=dict(max_norm=1.0) to optim_wrapper in the config')
             raise TrainingDivergedError(
                 f'the loss became {loss.item()} at iteration {runner.iter + 1}: lower the lr '
                 f'(--cfg-options optim_wrapper.optimizer.lr=...), enable gradient clipping '
-                f'(optim_wrapper.clip_grad.max_norm=1.0) or check the data; the last '
-                f'checkpoint in {runner.work_dir} is intact (--resume)')
+                f'({clip}) or check the data; the last checkpoint in {runner.work_dir} is '
+                'intact (--resume)')

@@ -62,10 +62,12 @@ def train_args(cfg: str, work_dir: Path, *extra: str, pretrained: bool = False) 
     ('model.backbone.out_indices=[0,5]', ['out_indices']),
     ('model.backbone.frozen_stages=7', ['frozen_stages']),
     ('model.backbone.archh=1', ["unexpected keyword argument 'archh'"]),
-    ('model.backbonee.arch=atto', ["unexpected keyword argument 'backbonee'"]),
+    ('model.backbonee.arch=atto', ["no key 'model.backbonee'"]),
     ('model.backbone.init_cfg.checkpoint=x.pth',  # besides model.backbone.init_cfg=None
      ["sets both 'model.backbone.init_cfg' and 'model.backbone.init_cfg.checkpoint'"]),
     ('train_cfg.max_iters.x=1', ["'train_cfg.max_iters' is 2", 'not a dict']),
+    ('model.decode_head.in_channels=[96,192,384,768]',
+     ['InceptionNeXt atto gives [40, 80, 160, 320]', 'in_channels=[40,80,160,320]']),
 ])
 def test_bad_config_overrides(seg_cfg, tmp_path, capsys, override, fragments):
     work_dir = tmp_path / 'work'
@@ -77,6 +79,7 @@ def test_bad_config_overrides(seg_cfg, tmp_path, capsys, override, fragments):
 def test_overrides_create_keys_below_typed_dicts_and_none_settings():
     demo = str(ROOT / 'configs' / 'demo' / 'upernet_inceptionnext-t_demo_ade20k.py')
     assert load_config(demo).model.backbone.init_cfg is None
+    assert load_config(demo).optim_wrapper.clip_grad is None
     cfg = load_config(demo, {'optim_wrapper.clip_grad.max_norm': 1.0,
                              'model.backbone.init_cfg.type': 'Pretrained',
                              'model.backbone.init_cfg.checkpoint': 'x.pth'})

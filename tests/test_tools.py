@@ -208,9 +208,9 @@ def test_infer_missing_input_is_one_line_error(tmp_path, seg_checkpoint, monkeyp
 # --- print_config.py and the shell launchers --------------------------------------------------
 
 def test_print_config():
-    proc = run_tool('print_config.py', UPERNET_T, '--cfg-options', 'model.backbone.arch=atto')
+    proc = run_tool('print_config.py', UPERNET_T, '--cfg-options', 'model.backbone.arch=small')
     assert proc.returncode == 0, proc.stderr
-    assert "type='InceptionNeXt'" in proc.stdout and "arch='atto'" in proc.stdout
+    assert "type='InceptionNeXt'" in proc.stdout and "arch='small'" in proc.stdout
     assert "type='UPerHead'" in proc.stdout
 
 

@@ -17,6 +17,7 @@ model = dict(
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    clip_grad=None,  # e.g. --cfg-options optim_wrapper.clip_grad.max_norm=1.0
     optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='InceptionNeXtLearningRateDecayOptimizerConstructor',
     paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise'))

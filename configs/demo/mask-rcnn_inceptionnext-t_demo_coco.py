@@ -37,7 +37,7 @@ val_dataloader = dict(num_workers=1, dataset=dict(data_root=data_root, pipeline=
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
-optim_wrapper = dict(clip_grad=dict(max_norm=10, norm_type=2))
+optim_wrapper = dict(clip_grad=dict(_delete_=True, max_norm=10, norm_type=2))  # base: None
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[4],

@@ -23,6 +23,7 @@ model = dict(
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    clip_grad=None,  # e.g. --cfg-options optim_wrapper.clip_grad.max_norm=1.0
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4))
 param_scheduler = [
     dict(type='PolyLR', power=0.9, begin=0, end=40000, eta_min=0.0, by_epoch=False)
