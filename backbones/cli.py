@@ -111,16 +111,12 @@ def check_head_widths(cfg: Config) -> None:
     backbone = model.get('backbone') if isinstance(model, Mapping) else None
     if not isinstance(backbone, Mapping) or backbone.get('type') != 'InceptionNeXt':
         return
-    from .inception_next import InceptionNeXt, _resolve_arch
+    from .inception_next import InceptionNeXt, _resolve_arch, _resolve_out_indices
     defaults = inspect.signature(InceptionNeXt).parameters
     arch = backbone.get('arch', defaults['arch'].default)
-    indices = backbone.get('out_indices', defaults['out_indices'].default)
     try:
         dims = _resolve_arch(arch)['dims']
-        indices = [indices] if isinstance(indices, int) else list(indices)
-        stages = sorted({i % 4 for i in indices})
-        if len(stages) != len(indices) or not all(-4 <= i <= 3 for i in indices):
-            return
+        stages = _resolve_out_indices(backbone.get('out_indices', defaults['out_indices'].default))
         widths = [int(dims[i]) for i in stages]
     except (ConfigError, TypeError, IndexError, KeyError):
         return  # the backbone itself reports a bad arch or out_indices when it is built

@@ -57,11 +57,10 @@ def _to_float32(sample):
 
 
 def float32_predictions(model: torch.nn.Module) -> None:
-    """Make ``model.test_step``/``val_step`` return float32 prediction tensors."""
-    for name in ('test_step', 'val_step'):
-        step = getattr(model, name)
+    """Make ``model.test_step`` return float32 prediction tensors."""
+    test_step = model.test_step
 
-        @functools.wraps(step)
-        def wrapper(*args, _step=step, **kwargs):
-            return [_to_float32(sample) for sample in _step(*args, **kwargs)]
-        setattr(model, name, wrapper)
+    @functools.wraps(test_step)
+    def wrapper(*args, **kwargs):
+        return [_to_float32(sample) for sample in test_step(*args, **kwargs)]
+    model.test_step = wrapper

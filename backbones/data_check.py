@@ -65,7 +65,7 @@ def _check_evaluator_files(cfg: Config, name: str) -> None:
     for i, metric in enumerate(evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]):
         ann = metric.get('ann_file') if isinstance(metric, Mapping) else None
         if ann and '://' not in ann and not osp.isfile(ann):
-            key = name if isinstance(metric, Mapping) and metric is evaluator else f'{name}.{i}'
+            key = name if metric is evaluator else f'{name}.{i}'
             raise DataError(f'annotation file {ann} ({key}.ann_file) not found: point it at your '
                             f'copy with --cfg-options {key}.ann_file=PATH')
 

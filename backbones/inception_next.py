@@ -189,6 +189,22 @@ def _resolve_arch(arch: str | dict) -> dict:
     return settings
 
 
+def _resolve_out_indices(out_indices: Sequence[int] | int) -> tuple[int, ...]:
+    """Stage indices in [0, 3], sorted (negative ones count from the last stage)."""
+    if isinstance(out_indices, int):
+        out_indices = (out_indices,)
+    resolved = []
+    for i in out_indices:
+        if not isinstance(i, int) or not -4 <= i <= 3:
+            raise ConfigError(f'InceptionNeXt: out_indices must be ints in [-4, 3], '
+                              f'got {tuple(out_indices)!r}')
+        resolved.append(i % 4)
+    if len(set(resolved)) != len(resolved) or not resolved:
+        raise ConfigError(f'InceptionNeXt: out_indices must name distinct stages, '
+                          f'got {tuple(out_indices)!r}')
+    return tuple(sorted(resolved))
+
+
 @MODELS.register_module()
 class InceptionNeXt(BaseModule):
     """InceptionNeXt backbone returning multi-scale NCHW features (strides 4, 8, 16, 32).
@@ -235,7 +251,7 @@ class InceptionNeXt(BaseModule):
         self.arch_settings = settings
         self.depths = tuple(int(d) for d in settings['depths'])
         self.dims = tuple(int(d) for d in settings['dims'])
-        self.out_indices = self._check_out_indices(out_indices)
+        self.out_indices = _resolve_out_indices(out_indices)
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
             raise ConfigError(f'InceptionNeXt: frozen_stages must be an int in [-1, 4], '
                               f'got {frozen_stages!r}')
@@ -263,20 +279,6 @@ class InceptionNeXt(BaseModule):
             self.add_module(f'norm{i}', self._build_out_norm(out_norm_cfg, self.dims[i]))
         self.apply(self._init_module)
         self._freeze_stages()
-
-    def _check_out_indices(self, out_indices: Sequence[int] | int) -> tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        resolved = []
-        for i in out_indices:
-            if not isinstance(i, int) or not -4 <= i <= 3:
-                raise ConfigError(f'InceptionNeXt: out_indices must be ints in [-4, 3], '
-                                  f'got {tuple(out_indices)!r}')
-            resolved.append(i % 4)
-        if len(set(resolved)) != len(resolved) or not resolved:
-            raise ConfigError(f'InceptionNeXt: out_indices must name distinct stages, '
-                              f'got {tuple(out_indices)!r}')
-        return tuple(sorted(resolved))
 
     @staticmethod
     def _build_out_norm(cfg: dict | None, channels: int) -> nn.Module:

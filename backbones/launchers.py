@@ -68,10 +68,9 @@ def check_launcher_env(launcher: str) -> None:
 
 
 def init_cpu_process_group(launcher: str) -> None:
-    """Open the gloo group for ``launcher`` unless one is open."""
+    """Open the gloo group for ``launcher`` unless one is open (after ``check_launcher_env``)."""
     if dist.is_initialized():
         return
-    check_launcher_env(launcher)
     _set_env(launcher)
     dist.init_process_group('gloo', init_method='env://', rank=int(os.environ['RANK']),
                             world_size=int(os.environ['WORLD_SIZE']))
