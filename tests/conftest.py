@@ -4,12 +4,31 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from mmengine.logging import MessageHub, MMLogger
+from mmengine.visualization import Visualizer
 
 from backbones.demo_data import make_ade20k, make_coco
 from backbones.fusion import randomize_bn_and_layer_scale_ as randomize_
 
 TIMM_NAMES = {'atto': 'inception_next_atto', 'tiny': 'inception_next_tiny',
               'small': 'inception_next_small', 'base': 'inception_next_base'}
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [c for sub in cls.__subclasses__() for c in _subclasses(sub)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_mmengine_instances():
+    """Forget the loggers, message hubs and visualizers of earlier in-process runs.
+
+    mmengine hands out an existing instance of the same name (mmseg's visualizer is always named
+    'visualizer', a logger is named by its start second), and with it the earlier run's folders.
+    """
+    yield
+    for base in (MMLogger, MessageHub, Visualizer):
+        for cls in _subclasses(base):
+            cls._instance_dict.clear()
 
 
 @pytest.fixture(scope='session')
