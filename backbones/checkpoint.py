@@ -14,7 +14,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
 HEAD_PREFIX = 'head.'
@@ -33,7 +33,7 @@ def read_checkpoint(path: str) -> dict:
             return load_file(path, device='cpu')
         return CheckpointLoader.load_checkpoint(path, map_location='cpu')
     except Exception as e:  # noqa: BLE001  (any reader failure becomes one clear line)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         hint = ('download it by hand and point init_cfg.checkpoint at the local file'
                 if is_url else 'the file is truncated, corrupt or not a PyTorch checkpoint')
         raise CheckpointError(f'cannot read checkpoint {path}: {reason} ({hint})') from None

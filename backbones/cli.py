@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 from mmengine.config import Config
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, first_line
 
 _NUMBER = (int, float)
 
@@ -75,11 +75,6 @@ def _check_type(key: str, old, new) -> None:
         raise ConfigError(f'--cfg-options {key}={new!r}: expected a string like {old!r}')
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ''
-
-
 def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
     """Load a config file and apply checked ``--cfg-options``."""
     if not osp.isfile(path):
@@ -92,11 +87,11 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
         while cause.__cause__ is not None or cause.__context__ is not None:
             cause = cause.__cause__ or cause.__context__  # down to the import that failed
         raise ConfigError(f'cannot import the custom_imports of config {path}: '
-                          f'{type(cause).__name__}: {_first_line(cause)}; make the module '
+                          f'{type(cause).__name__}: {first_line(cause)}; make the module '
                           'importable (pip install -e . or PYTHONPATH)') from None
     except Exception as e:  # noqa: BLE001  (a config that does not parse is bad input)
         raise ConfigError(f'cannot parse config {path}: {type(e).__name__}: '
-                          f'{_first_line(e)}') from None
+                          f'{first_line(e)}') from None
     if cfg_options:
         check_overrides(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
@@ -167,7 +162,7 @@ def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
         except TypeError as e:
             if 'unexpected keyword argument' not in str(e):
                 raise
-            _fail(f'config error: {str(e).splitlines()[0]} (check the keys of the config and '
+            _fail(f'config error: {first_line(e)} (check the keys of the config and '
                   f'of --cfg-options)')
         except KeyError as e:
             if 'is not in the' not in str(e) or 'registry' not in str(e):

@@ -1,6 +1,12 @@
 """Errors that the command-line tools report as one line and a non-zero exit."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class UserError(Exception):
     """Bad input from the user: the message says what is wrong and how to fix it."""
 
