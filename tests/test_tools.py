@@ -232,6 +232,10 @@ def test_demo_config_changes_lists_every_difference(tmp_path):
     (tmp_path / 'demo.py').write_text("a = dict(b=1)\nd = [dict(e=2)]\n")  # no _base_: c missing
     assert config_changes(str(tmp_path / 'base.py'), str(tmp_path / 'demo.py')) == [
         "a.c: 'unset' -> unset"]
+    (tmp_path / 'base.py').write_text('f = None\n')
+    (tmp_path / 'demo.py').write_text("_base_ = ['base.py']\nf = dict(_delete_=True, g=1)\n")
+    assert config_changes(str(tmp_path / 'base.py'), str(tmp_path / 'demo.py')) == [
+        'f: None -> dict', 'f.g: unset -> 1']
 
 
 @pytest.fixture()

@@ -113,10 +113,13 @@ def config_changes(base: str, demo: str) -> list[str]:
 
     unset = object()  # a key one of the two configs lacks
 
-    def show(value: object) -> str:
-        text = 'unset' if value is unset else repr(value)
+    def show(key: str, flat: dict[str, object]) -> str:
+        value = flat.get(key, unset)
+        if value is unset:  # absent, or a dict now (e.g. None -> dict(max_norm=10))
+            return 'dict' if any(k.startswith(key + '.') for k in flat) else 'unset'
+        text = repr(value)
         return text if len(text) <= 48 else text[:45] + '...'
-    return [f'{key}: {show(old.get(key, unset))} -> {show(new.get(key, unset))}'
+    return [f'{key}: {show(key, old)} -> {show(key, new)}'
             for key in sorted(set(old) | set(new))
             if '_scope_' not in key and old.get(key, unset) != new.get(key, unset)]
 
