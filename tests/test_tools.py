@@ -284,3 +284,23 @@ def test_launch_scripts(fake_bin):
     usage = subprocess.run(['bash', 'tools/dist_train.sh'], cwd=ROOT, capture_output=True,
                            text=True, timeout=30)
     assert usage.returncode == 2 and 'usage:' in usage.stderr
+
+
+def test_setup_stops_before_filling_the_disk(tmp_path):
+    """A new .venv on a disk with 1 GB free: one line, exit 1, nothing created."""
+    (tmp_path / 'tools').mkdir()
+    (tmp_path / 'tools' / 'setup_env.sh').write_text((ROOT / 'tools' / 'setup_env.sh').read_text())
+    (tmp_path / 'setup.cfg').write_text('')
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'df').write_text('#!/usr/bin/env bash\necho "Filesystem 1024-blocks Used Available '
+                             'Capacity Mounted on"\necho "/dev/x 9999999 8951424 1048576 90% /"\n')
+    (fake / 'df').chmod(0o755)
+    proc = subprocess.run(['bash', str(tmp_path / 'tools' / 'setup_env.sh')], capture_output=True,
+                          text=True, timeout=30,
+                          env={**os.environ, 'PATH': f'{fake}:{os.environ["PATH"]}'})
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f'[setup] error: 1 GB free on the disk of {tmp_path}; a new .venv needs about 8 GB: '
+        'free some space and run make setup again')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['bin', 'setup.cfg', 'tools']

@@ -34,6 +34,15 @@ if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] &
   exit 0
 fi
 
+# 0. Room: a new .venv holds about 6 GB (torch with its CUDA libraries); an mmcv build needs 1 GB.
+NEED_GB=8
+free_gb=$(df -Pk "$ROOT" | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ ! -d "$VENV" ] && [ "$free_gb" -lt "$NEED_GB" ]; then
+  echo "[setup] error: ${free_gb} GB free on the disk of $ROOT; a new .venv needs about" \
+    "$NEED_GB GB: free some space and run make setup again" >&2
+  exit 1
+fi
+
 # 1. The virtual environment itself.
 if ! { [ -x "$PY" ] && "$PY" -c 'import sys, pip; assert sys.version_info >= (3, 10)' 2>/dev/null; }; then
   say "creating virtual environment in .venv (python: $(command -v python3))"
