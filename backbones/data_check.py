@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from mmengine.config import Config
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
@@ -17,6 +18,9 @@ HOW_TO_GET = {
     'CocoDataset': 'download COCO 2017 (train2017, val2017, annotations) into data/coco/, or run '
                    '`make demo-data` for the small demo set',
 }
+
+
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
 def _datasets(node) -> Iterator[Mapping]:
@@ -70,6 +74,21 @@ def _check_evaluator_files(cfg: Config, name: str) -> None:
                             f'copy with --cfg-options {key}.ann_file=PATH')
 
 
+def _first_unreadable_file(cfg: Config) -> str | None:
+    """The first file in the configured image and label folders whose header PIL cannot read."""
+    for loader in LOADERS:
+        for ds in _datasets((cfg.get(loader) or {}).get('dataset')):
+            for sub in (ds.get('data_prefix') or {}).values():
+                folder = osp.join(ds.get('data_root') or '', sub) if isinstance(sub, str) else ''
+                for dirpath, _, names in sorted(os.walk(folder)):
+                    for name in sorted(names):
+                        try:
+                            Image.open(osp.join(dirpath, name)).close()
+                        except (OSError, ValueError):
+                            return osp.join(dirpath, name)
+    return None
+
+
 @contextmanager
 def readable_data_errors(cfg: Config):
     """Turn an unreadable image or an annotation file that does not parse into a ``DataError``."""
@@ -77,12 +96,18 @@ def readable_data_errors(cfg: Config):
         yield
     except json.JSONDecodeError as e:
         anns = sorted({osp.join(ds.get('data_root') or '', ds['ann_file'])
-                       for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+                       for loader in LOADERS
                        for ds in _datasets((cfg.get(loader) or {}).get('dataset'))
                        if ds.get('ann_file')})
         raise DataError(f'an annotation file does not parse as JSON ({e.msg} at line {e.lineno}, '
                         f'column {e.colno}); the config reads {", ".join(anns)}: re-download or '
                         f'regenerate it') from None
+    except UnidentifiedImageError:  # a label map PIL cannot decode; the error names no file
+        bad = _first_unreadable_file(cfg)
+        if bad is None:
+            raise
+        raise DataError(f'{bad} is not a readable image: replace it or remove it from the '
+                        f'dataset') from None
     except AssertionError as e:  # also re-raised from DataLoader workers, traceback in the text
         found = [line for line in str(e).splitlines() if 'failed to load image' in line]
         if not found:

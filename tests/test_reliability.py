@@ -196,6 +196,16 @@ def test_unreadable_image(tmp_path, tiny_data, capsys):
     assert_one_line_error(code, err, 'failed to load image', bad.name)
 
 
+def test_unreadable_label_map(tmp_path, tiny_data, capsys):
+    root = tmp_path / 'ade'
+    shutil.copytree(tiny_data['seg'], root)
+    bad = sorted((root / 'annotations' / 'training').glob('*.png'))[1]
+    bad.write_bytes(b'\x00garbage')
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=4)
+    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
+    assert_one_line_error(code, err, f'{bad} is not a readable image', 'replace it')
+
+
 def test_annotation_file_that_does_not_parse(tmp_path, tiny_data, capsys):
     root = tmp_path / 'coco'
     shutil.copytree(tiny_data['det'], root)
