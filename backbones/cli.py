@@ -73,6 +73,9 @@ def _check_type(key: str, old, new) -> None:
         raise ConfigError(f'--cfg-options {key}={new!r}: expected True or False')
     if isinstance(old, str) and not isinstance(new, str):
         raise ConfigError(f'--cfg-options {key}={new!r}: expected a string like {old!r}')
+    if isinstance(old, list) and not isinstance(new, (list, tuple)):
+        raise ConfigError(f'--cfg-options {key}={new!r}: expected a list like '
+                          f'{_short_repr(old).replace(" ", "")}')
 
 
 def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
@@ -95,8 +98,17 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
     if cfg_options:
         check_overrides(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
+    _fit_worker_settings(cfg)
     check_head_widths(cfg)
     return cfg
+
+
+def _fit_worker_settings(cfg: Config) -> None:
+    """``persistent_workers`` needs worker processes: off where ``num_workers=0`` (an override)."""
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(name)
+        if isinstance(loader, Mapping) and loader.get('num_workers') == 0:
+            loader['persistent_workers'] = False
 
 
 def check_head_widths(cfg: Config) -> None:
