@@ -19,6 +19,7 @@ from .errors import CheckpointError, first_line
 WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
 HEAD_PREFIX = 'head.'
 _TIMM_FEATURES_KEY = re.compile(r'^(stem|stages)_(\d+)\.')
+_BLOCK_KEY = re.compile(r'(?:^|\.)stages\.(\d+)\.blocks\.(\d+)\.')
 
 
 def read_checkpoint(path: str) -> dict:
@@ -110,7 +111,8 @@ def fit_model_checkpoint(model: nn.Module, path: str) -> tuple[dict, dict]:
 
 
 def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -> list[str]:
-    """Keys of ``state`` that ``own`` has; raises if none match or any shape differs."""
+    """Keys of ``state`` that ``own`` has; raises if none match, a shape differs or a stage has
+    another number of blocks (tiny weights into small fit every shape)."""
     matched = [k for k in state if k in own]
     if not matched:
         raise CheckpointError(f'no key of {path} matches {target} (first keys: '
@@ -122,7 +124,24 @@ def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -
             f'{path} does not fit {target}: {len(mismatched)} shape mismatches, e.g. {k} is '
             f'{tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model; '
             f'{hint}')
+    ours, theirs = _blocks_per_stage(own), _blocks_per_stage(state)
+    common = sorted(set(ours) & set(theirs))
+    if any(ours[i] != theirs[i] for i in common):
+        raise CheckpointError(
+            f'{path} does not fit {target}: its stages {common} have '
+            f'{[theirs[i] for i in common]} blocks, the model\'s {[ours[i] for i in common]} '
+            f'(a checkpoint of another depth); {hint}')
     return matched
+
+
+def _blocks_per_stage(state: Mapping) -> dict[int, int]:
+    """``{stage: number of blocks}`` read from ``stages.I.blocks.J.`` keys (any prefix)."""
+    blocks: dict[int, int] = {}
+    for key in state:
+        m = _BLOCK_KEY.search(key)
+        if m:
+            blocks[int(m[1])] = max(blocks.get(int(m[1]), 0), int(m[2]) + 1)
+    return blocks
 
 
 def _has_tensors(d: Mapping) -> bool:

@@ -111,6 +111,28 @@ def test_shape_mismatch_names_the_arch_problem(timm_atto, tmp_path):
         _build(str(path), arch='tiny')
 
 
+def test_another_depth_with_the_same_widths_fails(atto_ckpt):
+    """e.g. tiny weights into small: every shape fits, but a third of stage 3 would stay random."""
+    deeper = dict(depths=(2, 2, 8, 2), dims=(40, 80, 160, 320), band_kernel_size=9,
+                  branch_ratio=0.25)
+    model = InceptionNeXt(deeper, init_cfg=dict(type='Pretrained', checkpoint=atto_ckpt))
+    with pytest.raises(CheckpointError, match=r'stages \[0, 1, 2, 3\] have \[2, 2, 6, 2\] blocks, '
+                                              r"the model's \[2, 2, 8, 2\]"):
+        model.init_weights()
+
+
+def test_whole_model_checkpoint_of_another_depth_fails(tmp_path, timm_atto):
+    from backbones.checkpoint import fit_model_checkpoint
+    path = tmp_path / 'upernet_atto.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in timm_atto.state_dict().items()}},
+               path)
+    model = torch.nn.Module()
+    model.backbone = InceptionNeXt(dict(depths=(2, 2, 6, 3), dims=(40, 80, 160, 320),
+                                        band_kernel_size=9, branch_ratio=0.25))
+    with pytest.raises(CheckpointError, match=r"\[2, 2, 6, 2\] blocks, the model's \[2, 2, 6, 3\]"):
+        fit_model_checkpoint(model, str(path))
+
+
 def test_no_pretrained_keeps_init():
     model = InceptionNeXt('atto')
     before = model.stem[0].weight.clone()
