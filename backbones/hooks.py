@@ -6,6 +6,7 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.runner import EpochBasedTrainLoop
 
 from .errors import TrainingDivergedError
 
@@ -58,8 +59,10 @@ class FiniteLossHook(Hook):
             clip = ('optim_wrapper.clip_grad.max_norm=1.0'
                     if 'clip_grad' in runner.cfg.get('optim_wrapper', {})
                     else 'add clip_grad=dict(max_norm=1.0) to optim_wrapper in the config')
+            name = 'epoch' if isinstance(runner.train_loop, EpochBasedTrainLoop) else 'iter'
             raise TrainingDivergedError(
                 f'the loss became {loss.item()} at iteration {runner.iter + 1}: lower the lr '
                 f'(--cfg-options optim_wrapper.optimizer.lr=...), enable gradient clipping '
-                f'({clip}) or check the data; the last checkpoint in {runner.work_dir} is '
-                'intact (--resume)')
+                f'({clip}) or check the data, then resume with --resume {runner.work_dir}/'
+                f'{name}_N.pth (the checkpoints are complete, but the latest may already hold '
+                'diverging weights: pick one saved before the loss grew)')
