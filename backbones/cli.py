@@ -9,6 +9,7 @@ import os.path as osp
 import sys
 from collections.abc import Callable, Mapping
 
+import torch
 from mmengine.config import Config
 
 from .errors import ConfigError, UserError, first_line
@@ -99,7 +100,7 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
         check_overrides(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     _fit_worker_settings(cfg)
-    check_head_widths(cfg)
+    check_backbone(cfg)
     return cfg
 
 
@@ -111,22 +112,24 @@ def _fit_worker_settings(cfg: Config) -> None:
             loader['persistent_workers'] = False
 
 
-def check_head_widths(cfg: Config) -> None:
-    """The neck's (else the heads') ``in_channels`` must be what an InceptionNeXt backbone gives,
-    e.g. after ``model.backbone.arch=atto`` alone (a shape error deep in the heads otherwise)."""
+def check_backbone(cfg: Config) -> None:
+    """Build an InceptionNeXt ``model.backbone`` on the meta device (no memory, no weights), so a
+    bad argument fails before a run makes its folders; then check the head widths."""
     model = cfg.get('model')
     backbone = model.get('backbone') if isinstance(model, Mapping) else None
     if not isinstance(backbone, Mapping) or backbone.get('type') != 'InceptionNeXt':
         return
-    from .inception_next import InceptionNeXt, _resolve_arch, _resolve_out_indices
-    defaults = inspect.signature(InceptionNeXt).parameters
-    arch = backbone.get('arch', defaults['arch'].default)
-    try:
-        dims = _resolve_arch(arch)['dims']
-        stages = _resolve_out_indices(backbone.get('out_indices', defaults['out_indices'].default))
-        widths = [int(dims[i]) for i in stages]
-    except (ConfigError, TypeError, IndexError, KeyError):
-        return  # the backbone itself reports a bad arch or out_indices when it is built
+    from .inception_next import InceptionNeXt
+    with torch.device('meta'):
+        built = InceptionNeXt(**{k: v for k, v in backbone.items() if k != 'type'})
+    default_arch = inspect.signature(InceptionNeXt).parameters['arch'].default
+    _check_head_widths(model, built, backbone.get('arch', default_arch))
+
+
+def _check_head_widths(model: Mapping, backbone: torch.nn.Module, arch) -> None:
+    """The neck's (else the heads') ``in_channels`` must be what the backbone gives, e.g. after
+    ``model.backbone.arch=atto`` alone (a shape error deep in the heads otherwise)."""
+    widths = [int(backbone.dims[i]) for i in backbone.out_indices]
     name = arch if isinstance(arch, str) else 'with this arch'
     if isinstance(model.get('neck'), Mapping):
         checks = [('neck', widths)]

@@ -265,7 +265,8 @@ class InceptionNeXt(BaseModule):
 
         self.stem = nn.Sequential(nn.Conv2d(in_channels, self.dims[0], 4, stride=4),
                                   nn.BatchNorm2d(self.dims[0]))
-        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        n = sum(self.depths)  # drop path rises linearly from 0 (torch.linspace, on any device)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         mixer_kwargs = {k: settings[k] for k in ('square_kernel_size', 'band_kernel_size',
                                                  'branch_ratio')}
         self.stages = nn.Sequential()
