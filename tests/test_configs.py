@@ -31,9 +31,9 @@ def test_config_builds(config):
     for prefix, expected in PAPER_PARAMS_M.items():
         if config.startswith(f'configs/upernet/{prefix}'):
             assert params == pytest.approx(expected, abs=0.5)
-    if 'demo' not in config:
-        assert 'inceptionnext_' in load_config(str(ROOT / config)).model.backbone.init_cfg[
-            'checkpoint']
+    if 'demo' not in config:  # the ImageNet checkpoint of the config's own size
+        backbone = load_config(str(ROOT / config)).model.backbone
+        assert f'/inceptionnext_{backbone.arch}.pth' in backbone.init_cfg['checkpoint']
 
 
 def test_overrides_reach_the_model():

@@ -1,6 +1,9 @@
 """Registration under both scopes, and the learning-rate decay optimizer constructor."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
@@ -15,6 +18,23 @@ def test_builds_under_default_scope(scope):
     with DefaultScope.overwrite_default_scope(scope):
         model = registry.build(dict(type='InceptionNeXt', arch='atto', out_indices=(1, 3)))
     assert isinstance(model, InceptionNeXt) and model.out_indices == (1, 3)
+
+
+@pytest.mark.parametrize('present,absent', [('mmdet', 'mmseg'), ('mmseg', 'mmdet')])
+def test_works_with_only_one_library_installed(present, absent):
+    """``import backbones`` and a build under the present library, with the other one blocked."""
+    code = (f'import sys; sys.modules[{absent!r}] = None\n'  # any import of it now fails
+            'import backbones\n'
+            f'from {present}.registry import MODELS\n'
+            'from mmengine.registry import DefaultScope\n'
+            f'with DefaultScope.overwrite_default_scope({present!r}):\n'
+            "    m = MODELS.build(dict(type='InceptionNeXt', arch='atto'))\n"
+            f'assert {absent!r} not in [n.split(".")[0] for n, v in sys.modules.items() if v]\n'
+            'print(type(m).__name__)\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == 'InceptionNeXt'
 
 
 class Detector(nn.Module):
