@@ -43,10 +43,14 @@ def save_checkpoint_atomic(checkpoint: dict, filename: str, **kwargs) -> None:
         return _save_checkpoint(checkpoint, filename, **kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
     tmp = f'{filename}.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # e.g. a full disk: the partial file goes, the last checkpoint stays
+        os.remove(tmp)
+        raise
     os.replace(tmp, filename)
 
 

@@ -251,6 +251,22 @@ def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
     assert load_config(seg_cfg, {key: float(value)}).optim_wrapper.clip_grad.max_norm == 1.0
 
 
+def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from backbones.runtime import save_checkpoint_atomic
+    path = tmp_path / 'iter_1.pth'
+    save_checkpoint_atomic({'w': torch.ones(3)}, str(path))
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b'half a checkpoint')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(OSError, match='No space left'):
+        save_checkpoint_atomic({'w': torch.zeros(3)}, str(path))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ['iter_1.pth']  # no partial file left
+    assert torch.equal(torch.load(path, weights_only=False)['w'], torch.ones(3))
+
+
 @pytest.mark.slow
 def test_sigkill_leaves_loadable_checkpoint_and_resume_continues(tmp_path, tiny_data):
     """Kill -9 twice at random moments (one right after a resume), then resume once more."""

@@ -35,6 +35,9 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_data):
     """An mmengine checkpoint saved by training loads again on torch >= 2.6 and resumes."""
     base, tail, overrides = FAMILIES['upernet']
     cfg = write_config(tmp_path, base, tail, root=tiny_data['seg'], iters=2)
+    with open(cfg, 'a') as f:  # a warm-up over all 4 iterations: lost state would show
+        f.write("param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, "
+                "begin=0, end=4)]\n")
     work_dir = tmp_path / 'work'
     args = ['tools/train.py', cfg, '--work-dir', str(work_dir), '--cfg-options', *ATTO.split(),
             *overrides.split()]
@@ -48,6 +51,14 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_data):
     assert state['meta']['iter'] == 4
     steps = {int(s['step']) for s in state['optimizer']['state'].values()}
     assert steps == {4}  # AdamW continued from its saved state: 2 + 2 steps
+    straight = run_tool(*args, 'train_cfg.max_iters=4', '--work-dir', str(tmp_path / 'straight'))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    ref = torch.load(tmp_path / 'straight' / 'iter_4.pth', map_location='cpu', weights_only=False)
+    assert state['param_schedulers'] == ref['param_schedulers']  # the warm-up was not restarted
+    lrs = [g['lr'] for g in state['optimizer']['param_groups']]
+    assert lrs == [g['lr'] for g in ref['optimizer']['param_groups']]
+    assert lrs != [g['lr'] for g in torch.load(work_dir / 'iter_2.pth', map_location='cpu',
+                                               weights_only=False)['optimizer']['param_groups']]
 
 
 def test_test_tool_tta_and_deploy(tmp_path, tiny_data):
