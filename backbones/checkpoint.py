@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 
 import torch
@@ -29,15 +30,25 @@ def read_checkpoint(path: str) -> dict:
         raise CheckpointError(f'checkpoint not found: {path} (fix the path, e.g. '
                               f'--cfg-options model.backbone.init_cfg.checkpoint=FILE.pth)')
     try:
-        if path.endswith('.safetensors') and not is_url:
+        if path.endswith('.safetensors'):
             from safetensors.torch import load_file
-            return load_file(path, device='cpu')
+            return load_file(_downloaded(path) if is_url else path, device='cpu')
         return CheckpointLoader.load_checkpoint(path, map_location='cpu')
     except Exception as e:  # noqa: BLE001  (any reader failure becomes one clear line)
         reason = first_line(e)
         hint = ('download it by hand and point init_cfg.checkpoint at the local file'
                 if is_url else 'the file is truncated, corrupt or not a PyTorch checkpoint')
         raise CheckpointError(f'cannot read checkpoint {path}: {reason} ({hint})') from None
+
+
+def _downloaded(url: str) -> str:
+    """A URL's file in torch's hub cache (where mmengine caches ``.pth`` URLs), fetched once."""
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints',
+                          os.path.basename(urllib.parse.urlparse(url).path))
+    if not os.path.isfile(cached):
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, progress=False)  # via a temp file
+    return cached
 
 
 def extract_state_dict(checkpoint: Mapping, source: str, prefix: str | None = None) -> dict:

@@ -1,6 +1,10 @@
 """Pretrained loading: every checkpoint format loads verified, every bad file fails clearly."""
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+
 import pytest
 import torch
 from mmengine.logging import MMLogger
@@ -49,6 +53,32 @@ def test_safetensors_loads(tmp_path, timm_atto):
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in timm_atto.state_dict().items()}, str(path))
     _assert_loaded(_build(str(path)), timm_atto)
+
+
+@pytest.fixture()
+def http_dir(tmp_path, monkeypatch):
+    """A folder served over HTTP on localhost, and an empty torch hub cache."""
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f'http://127.0.0.1:{server.server_port}'
+    server.shutdown()
+
+
+@pytest.mark.parametrize('name', ['inceptionnext_atto.pth', 'model.safetensors'])
+def test_url_loads_and_is_cached(http_dir, timm_atto, name):
+    folder, url = http_dir
+    state = {k: v.contiguous() for k, v in timm_atto.state_dict().items()}
+    if name.endswith('.pth'):
+        torch.save(state, folder / name)
+    else:
+        save_file(state, str(folder / name))
+    _assert_loaded(_build(f'{url}/{name}'), timm_atto)
+    (folder / name).unlink()  # the second load reads the cached copy
+    _assert_loaded(_build(f'{url}/{name}'), timm_atto)
 
 
 def test_prefix_selects_submodule(tmp_path, timm_atto):
