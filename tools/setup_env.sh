@@ -55,6 +55,10 @@ rm -f "$STAMP"
 if ! "$PY" -c 'import torch, torchvision; assert torch.__version__.startswith("2.14.1")' 2>/dev/null; then
   say "installing $TORCH_PIN (a large download or local wheel; about a minute)"
   pip_install $TORCH_PIN
+  if ! "$PY" -c 'import torch, torchvision' 2>/dev/null; then  # damaged files, intact metadata
+    say "torch is installed but does not import: reinstalling it"
+    pip_install --force-reinstall --no-deps $TORCH_PIN
+  fi
 fi
 say "installing build tools (setuptools<82, wheel, ninja, psutil)"
 pip_install "setuptools<82" wheel ninja psutil
@@ -97,6 +101,19 @@ fi
 # 4. The project and the rest of the pinned stack (setup.cfg).
 say "installing the project and its pinned dependencies (pip install -e .[dev])"
 pip_install -e "$ROOT[dev]"
+
+# 5. pip counts a package with damaged files but intact metadata as installed: reinstall, at its
+#    pin, each one that does not import.
+broken=()
+for pair in mmengine:mmengine mmdet:mmdet mmseg:mmsegmentation timm:timm mmpretrain:mmpretrain; do
+  if ! "$PY" -c "import ${pair%%:*}" 2>/dev/null; then
+    broken+=("$(grep -oE "^\s*${pair#*:}==[^ ;#]+" "$ROOT/setup.cfg" | tr -d ' ')")
+  fi
+done
+if [ ${#broken[@]} -gt 0 ]; then
+  say "reinstalling packages that are installed but do not import: ${broken[*]}"
+  pip_install --force-reinstall --no-deps "${broken[@]}"
+fi
 
 say "verifying: import mmcv.ops, mmdet, mmseg, timm, backbones"
 if ! verify; then
