@@ -156,20 +156,24 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
 
 # --- infer.py ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def seg_checkpoint(tmp_path_factory) -> Path:
-    """A tiny UperNet-atto with random weights, saved as mmengine saves checkpoints."""
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
+def random_checkpoint(folder: Path, config: str, options: dict) -> Path:
+    """The config's model with random weights, saved as mmengine saves checkpoints."""
+    from mmengine.registry import MODELS, init_default_scope
 
     from backbones.cli import load_config
-    cfg = load_config(str(ROOT / UPERNET_T), TINY_UPERNET)
+    cfg = load_config(str(ROOT / config), options)
     init_default_scope(cfg.default_scope)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
-    path = tmp_path_factory.mktemp('seg') / 'upernet_atto.pth'
+    path = folder / 'model.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
     return path
+
+
+@pytest.fixture(scope='module')
+def seg_checkpoint(tmp_path_factory) -> Path:
+    """A tiny UperNet-atto with random weights."""
+    return random_checkpoint(tmp_path_factory.mktemp('seg'), UPERNET_T, TINY_UPERNET)
 
 
 @pytest.mark.slow
@@ -188,6 +192,26 @@ def test_infer_seg_deploy_writes_pngs(tmp_path, seg_checkpoint):
         assert f'{images / name}' in proc.stdout and f'-> {png}' in proc.stdout
         with Image.open(png) as im:
             assert im.format == 'PNG' and im.size == (64, 64)
+
+
+@pytest.mark.slow
+def test_infer_det_writes_pngs(tmp_path):
+    options = {'model.backbone.arch': 'atto', 'model.backbone.init_cfg': None,
+               'model.neck.in_channels': [40, 80, 160, 320],
+               'model.test_cfg.rcnn.score_thr': 0.0}  # random weights: draw whatever it finds
+    checkpoint = random_checkpoint(tmp_path, MASK_RCNN_T, options)
+    image = tmp_path / 'street.jpg'
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(image)
+    proc = run_tool('infer.py', MASK_RCNN_T, checkpoint, image, '--out-dir', tmp_path / 'vis',
+                    '--score-thr', '0', *cfg_options(options))
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / 'vis' / 'street.png'
+    assert f'-> {png}' in proc.stdout
+    with Image.open(png) as im:
+        assert im.format == 'PNG' and im.size == (80, 48)
+        drawn = np.asarray(im.convert('RGB'))
+    assert (drawn != np.asarray(Image.open(image).convert('RGB'))).any()  # boxes/masks drawn
 
 
 @pytest.mark.parametrize('missing', ['image', 'checkpoint', 'config'])
