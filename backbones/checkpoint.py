@@ -5,6 +5,7 @@ mismatch raises ``CheckpointError``; what did load, and what did not, is logged.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import urllib.parse
@@ -43,8 +44,9 @@ def read_checkpoint(path: str) -> dict:
 
 def _downloaded(url: str) -> str:
     """A URL's file in torch's hub cache (where mmengine caches ``.pth`` URLs), fetched once."""
-    cached = os.path.join(torch.hub.get_dir(), 'checkpoints',
-                          os.path.basename(urllib.parse.urlparse(url).path))
+    name = os.path.basename(urllib.parse.urlparse(url).path)  # timm's are all model.safetensors
+    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', f'{digest}-{name}')
     if not os.path.isfile(cached):
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         torch.hub.download_url_to_file(url, cached, progress=False)  # via a temp file

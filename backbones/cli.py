@@ -74,9 +74,6 @@ def _check_type(key: str, old, new) -> None:
         raise ConfigError(f'--cfg-options {key}={new!r}: expected True or False')
     if isinstance(old, str) and not isinstance(new, str):
         raise ConfigError(f'--cfg-options {key}={new!r}: expected a string like {old!r}')
-    if isinstance(old, list) and not isinstance(new, (list, tuple)):
-        raise ConfigError(f'--cfg-options {key}={new!r}: expected a list like '
-                          f'{_short_repr(old).replace(" ", "")}')
 
 
 def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
@@ -121,7 +118,8 @@ def check_backbone(cfg: Config) -> None:
         return
     from .inception_next import InceptionNeXt
     with torch.device('meta'):
-        built = InceptionNeXt(**{k: v for k, v in backbone.items() if k != 'type'})
+        built = InceptionNeXt(**{k: v for k, v in backbone.items()
+                                 if k not in ('type', '_scope_')})
     default_arch = inspect.signature(InceptionNeXt).parameters['arch'].default
     _check_head_widths(model, built, backbone.get('arch', default_arch))
 

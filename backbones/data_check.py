@@ -21,6 +21,7 @@ HOW_TO_GET = {
 
 
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def _datasets(node) -> Iterator[Mapping]:
@@ -81,7 +82,7 @@ def _first_unreadable_file(cfg: Config) -> str | None:
             for sub in (ds.get('data_prefix') or {}).values():
                 folder = osp.join(ds.get('data_root') or '', sub) if isinstance(sub, str) else ''
                 for dirpath, _, names in sorted(os.walk(folder)):
-                    for name in sorted(names):
+                    for name in sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES)):
                         try:
                             Image.open(osp.join(dirpath, name)).close()
                         except (OSError, ValueError):

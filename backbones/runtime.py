@@ -49,7 +49,8 @@ def save_checkpoint_atomic(checkpoint: dict, filename: str, **kwargs) -> None:
             f.flush()
             os.fsync(f.fileno())
     except BaseException:  # e.g. a full disk: the partial file goes, the last checkpoint stays
-        os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise
     os.replace(tmp, filename)
 

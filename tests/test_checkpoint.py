@@ -61,6 +61,8 @@ def http_dir(tmp_path, monkeypatch):
     folder = tmp_path / 'served'
     folder.mkdir()
     monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    for var in ('no_proxy', 'NO_PROXY'):  # a machine's proxy must not take localhost requests
+        monkeypatch.setenv(var, '127.0.0.1,localhost')
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -79,6 +81,9 @@ def test_url_loads_and_is_cached(http_dir, timm_atto, name):
     _assert_loaded(_build(f'{url}/{name}'), timm_atto)
     (folder / name).unlink()  # the second load reads the cached copy
     _assert_loaded(_build(f'{url}/{name}'), timm_atto)
+    if name.endswith('.safetensors'):  # another URL with the same file name is not that copy
+        with pytest.raises(CheckpointError, match='cannot read checkpoint'):
+            _build(f'{url}/other/{name}')
 
 
 def test_prefix_selects_submodule(tmp_path, timm_atto):

@@ -107,7 +107,8 @@ pip_install -e "$ROOT[dev]"
 broken=()
 for pair in mmengine:mmengine mmdet:mmdet mmseg:mmsegmentation timm:timm mmpretrain:mmpretrain; do
   if ! "$PY" -c "import ${pair%%:*}" 2>/dev/null; then
-    broken+=("$(grep -oE "^\s*${pair#*:}==[^ ;#]+" "$ROOT/setup.cfg" | tr -d ' ')")
+    pin=$(grep -oE "^\s*${pair#*:}==[^ ;#]+" "$ROOT/setup.cfg" | tr -d ' ' || true)
+    broken+=("${pin:-${pair#*:}}")
   fi
 done
 if [ ${#broken[@]} -gt 0 ]; then
