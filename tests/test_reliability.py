@@ -199,24 +199,19 @@ def test_missing_evaluator_annotation_file(tmp_path, tiny_data, capsys):
     assert not (tmp_path / 'work').exists()
 
 
-def test_unreadable_image(tmp_path, tiny_data, capsys):
+@pytest.mark.parametrize('folder,pattern,index,fragments', [
+    ('images', '*.jpg', 0, ['failed to load image', '{name}']),
+    ('annotations', '*.png', 1, ['{path} is not a readable image', 'replace it']),
+])
+def test_unreadable_image_or_label_map(tmp_path, tiny_data, capsys, folder, pattern, index,
+                                       fragments):
     root = tmp_path / 'ade'
     shutil.copytree(tiny_data['seg'], root)
-    bad = sorted((root / 'images' / 'training').glob('*.jpg'))[0]
+    bad = sorted((root / folder / 'training').glob(pattern))[index]
     bad.write_bytes(b'\x00garbage')
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=4)
     code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
-    assert_one_line_error(code, err, 'failed to load image', bad.name)
-
-
-def test_unreadable_label_map(tmp_path, tiny_data, capsys):
-    root = tmp_path / 'ade'
-    shutil.copytree(tiny_data['seg'], root)
-    bad = sorted((root / 'annotations' / 'training').glob('*.png'))[1]
-    bad.write_bytes(b'\x00garbage')
-    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=4)
-    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
-    assert_one_line_error(code, err, f'{bad} is not a readable image', 'replace it')
+    assert_one_line_error(code, err, *(f.format(name=bad.name, path=bad) for f in fragments))
 
 
 def test_annotation_file_that_does_not_parse(tmp_path, tiny_data, capsys):
