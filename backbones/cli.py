@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 from mmengine.config import Config
 
+from .data_check import LOADERS
 from .errors import ConfigError, UserError, first_line
 
 _NUMBER = (int, float)
@@ -103,7 +104,7 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
 
 def _fit_worker_settings(cfg: Config) -> None:
     """``persistent_workers`` needs worker processes: off where ``num_workers=0`` (an override)."""
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+    for name in LOADERS:
         loader = cfg.get(name)
         if isinstance(loader, Mapping) and loader.get('num_workers') == 0:
             loader['persistent_workers'] = False

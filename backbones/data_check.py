@@ -36,6 +36,13 @@ def _datasets(node) -> Iterator[Mapping]:
             yield from _datasets(item)
 
 
+def _prefix_folders(ds: Mapping) -> Iterator[str]:
+    """The image/label folders of a dataset dict: ``data_root`` joined with each ``data_prefix``."""
+    for sub in (ds.get('data_prefix') or {}).values():
+        if isinstance(sub, str):
+            yield osp.join(ds.get('data_root') or '', sub)
+
+
 def _non_empty_dir(path: str) -> bool:
     return osp.isdir(path) and any(True for _ in os.scandir(path))
 
@@ -57,9 +64,8 @@ def check_data_roots(cfg: Config, loaders: Iterable[str]) -> None:
             if ann and not osp.isfile(osp.join(root, ann)):
                 raise DataError(f'annotation file {osp.join(root, ann)} ({loader}) not found: '
                                 f'{hint}')
-            for sub in (ds.get('data_prefix') or {}).values():
-                path = osp.join(root, sub) if isinstance(sub, str) else None
-                if path and not _non_empty_dir(path):
+            for path in _prefix_folders(ds):
+                if not _non_empty_dir(path):
                     raise DataError(f'{path} ({loader}) is missing or empty: {hint}')
         _check_evaluator_files(cfg, loader.replace('_dataloader', '_evaluator'))
 
@@ -79,8 +85,7 @@ def _first_unreadable_file(cfg: Config) -> str | None:
     """The first file in the configured image and label folders whose header PIL cannot read."""
     for loader in LOADERS:
         for ds in _datasets((cfg.get(loader) or {}).get('dataset')):
-            for sub in (ds.get('data_prefix') or {}).values():
-                folder = osp.join(ds.get('data_root') or '', sub) if isinstance(sub, str) else ''
+            for folder in _prefix_folders(ds):
                 for dirpath, _, names in sorted(os.walk(folder)):
                     for name in sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES)):
                         try:
