@@ -1,9 +1,16 @@
 # The README's commands. `make test` and `make demo` set the environment up first if needed.
 PY := .venv/bin/python
-.PHONY: setup test test-fast lint demo demo-det demo-data clean
+COMPAT_PY := .venv-compat/bin/python
+# what `make test-compat` runs on the older stack: install, backbone, loading, configs, runs
+COMPAT_TESTS := tests/test_install.py tests/test_backbone.py tests/test_checkpoint.py \
+	tests/test_configs.py tests/test_guest.py tests/test_runner_e2e.py
+.PHONY: setup setup-compat test test-fast test-compat lint demo demo-det demo-data clean
 
 setup:
 	bash tools/setup_env.sh
+
+setup-compat:
+	VENV=.venv-compat LOCK=requirements/compat.txt bash tools/setup_env.sh
 
 lint: setup
 	$(PY) -m ruff check backbones configs tools tests
@@ -13,6 +20,9 @@ test: setup lint
 
 test-fast: setup lint
 	$(PY) -m pytest tests -q -m "not slow"
+
+test-compat: setup-compat
+	$(COMPAT_PY) -m pytest $(COMPAT_TESTS) -q
 
 demo: setup
 	$(PY) tools/demo.py seg

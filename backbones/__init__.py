@@ -1,10 +1,11 @@
 """InceptionNeXt backbones for MMDetection and MMSegmentation.
 
-Importing the package (``custom_imports=dict(imports=['backbones'])``) registers the backbone, the
-learning-rate decay constructor and the runtime fixes in mmengine's root registries, so they build
-under the ``mmdet`` and the ``mmseg`` default scope alike; neither library is imported here.
+Importing the package (``custom_imports=dict(imports=['backbones'])``) registers the backbone and
+the learning-rate decay constructor in mmengine's root registries, so they build under the
+``mmdet`` and the ``mmseg`` default scope alike, and changes nothing else: neither library is
+imported, no other library is patched. Opt-ins: ``backbones.hooks`` (``SafeRunHook``: safe
+checkpoint loading, atomic checkpoints, a non-finite loss stop) and ``backbones.roi_align``.
 """
-from . import hooks, runtime  # noqa: F401  (registers the loader, hooks, BF16AmpOptimWrapper)
 from .checkpoint import load_pretrained
 from .errors import CheckpointError, ConfigError, DataError, UserError
 from .inception_next import ARCH_SETTINGS, InceptionNeXt

@@ -5,18 +5,16 @@ mismatch raises ``CheckpointError``; what did load, and what did not, is logged.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import urllib.parse
 from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 
 from .errors import CheckpointError, first_line
+from .safe_load import load_checkpoint_file
 
 WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
 HEAD_PREFIX = 'head.'
@@ -24,33 +22,22 @@ _TIMM_FEATURES_KEY = re.compile(r'^(stem|stages)_(\d+)\.')
 _BLOCK_KEY = re.compile(r'(?:^|\.)stages\.(\d+)\.blocks\.(\d+)\.')
 
 
-def read_checkpoint(path: str) -> dict:
-    """Read a ``.pth``/``.bin``/``.safetensors`` file or URL into a dict, with one-line errors."""
+def read_checkpoint(path: str, trusted: bool = False) -> dict:
+    """Read a ``.pth``/``.bin``/``.safetensors`` file or URL without unpickling code (unless
+    ``trusted``), with one-line errors."""
     is_url = '://' in path
     if not is_url and not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path} (fix the path, e.g. '
                               f'--cfg-options model.backbone.init_cfg.checkpoint=FILE.pth)')
     try:
-        if path.endswith('.safetensors'):
-            from safetensors.torch import load_file
-            return load_file(_downloaded(path) if is_url else path, device='cpu')
-        return CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        return load_checkpoint_file(path, 'cpu', trusted)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001  (any reader failure becomes one clear line)
         reason = first_line(e)
         hint = ('download it by hand and point init_cfg.checkpoint at the local file'
                 if is_url else 'the file is truncated, corrupt or not a PyTorch checkpoint')
         raise CheckpointError(f'cannot read checkpoint {path}: {reason} ({hint})') from None
-
-
-def _downloaded(url: str) -> str:
-    """A URL's file in torch's hub cache (where mmengine caches ``.pth`` URLs), fetched once."""
-    name = os.path.basename(urllib.parse.urlparse(url).path)  # timm's are all model.safetensors
-    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
-    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', f'{digest}-{name}')
-    if not os.path.isfile(cached):
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        torch.hub.download_url_to_file(url, cached, progress=False)  # via a temp file
-    return cached
 
 
 def extract_state_dict(checkpoint: Mapping, source: str, prefix: str | None = None) -> dict:
@@ -97,7 +84,8 @@ def load_pretrained(model: nn.Module, path: str, prefix: str | None = None) -> d
                 unexpected=unexpected)
 
 
-def fit_model_checkpoint(model: nn.Module, path: str) -> tuple[dict, dict]:
+def fit_model_checkpoint(model: nn.Module, path: str,
+                         trusted: bool = False) -> tuple[dict, dict]:
     """Read a whole-model checkpoint (mmdet/mmseg, from training) and check it against ``model``
     (wrappers and TTA models unwrapped): returns ``(checkpoint, state to load)``.
 
@@ -107,7 +95,7 @@ def fit_model_checkpoint(model: nn.Module, path: str) -> tuple[dict, dict]:
     from mmengine.model import BaseTTAModel, is_model_wrapper
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trusted)
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not _has_tensors(state):
         raise CheckpointError(f'{path} holds no state dict of tensors; expected a checkpoint '

@@ -1,17 +1,39 @@
-"""mmcv's ``nms`` and ``RoIAlign`` under CPU bfloat16 autocast (``--amp`` without CUDA).
+"""``--amp`` without CUDA: bfloat16 autocast, and mmcv's ``nms``/``RoIAlign`` under it.
 
-mmcv's CPU kernels take float32 only, so a detector under bf16 autocast stops in the RPN's NMS
-("expected scalar type Float but found BFloat16") and then in RoIAlign. ``enable()`` makes both
-compute in float32 for CPU inputs of other dtypes and return the caller's dtype; float32 and CUDA
-inputs take mmcv's path unchanged. Predictions leave ``float32_predictions(model)`` in float32,
-as the metrics read them with numpy, which has no bfloat16.
+Importing this module registers ``BF16AmpOptimWrapper`` (the tools import it). mmcv's CPU kernels
+take float32 only, so a detector under bf16 autocast stops in the RPN's NMS ("expected scalar type
+Float but found BFloat16") and then in RoIAlign. Inside ``float32_mmcv_ops()`` both compute in
+float32 for CPU inputs of other dtypes and return the caller's dtype; float32 and CUDA inputs take
+mmcv's path unchanged, and mmcv is restored on exit. Predictions leave
+``float32_predictions(model)`` in float32, as the metrics read them with numpy, which has no
+bfloat16.
 """
 from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.nn as nn
+from mmengine.optim import OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
+from mmengine.runner.amp import autocast
+
+
+@OPTIM_WRAPPERS.register_module()
+class BF16AmpOptimWrapper(OptimWrapper):
+    """Mixed precision by bfloat16 autocast, no loss scaling: runs on CPUs as well as GPUs."""
+
+    def __init__(self, dtype: str | torch.dtype = 'bfloat16', **kwargs):
+        super().__init__(**kwargs)
+        self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+    @contextmanager
+    def optim_context(self, model: nn.Module):
+        with super().optim_context(model), autocast(dtype=self.cast_dtype):
+            yield
 
 
 def _nms_in_float32(nms):
@@ -21,7 +43,6 @@ def _nms_in_float32(nms):
             dets, keep = nms(boxes.float(), scores.float(), *args, **kwargs)
             return dets.to(boxes.dtype), keep
         return nms(boxes, scores, *args, **kwargs)
-    wrapper._float32_on_cpu = True
     return wrapper
 
 
@@ -31,18 +52,24 @@ def _roi_align_in_float32(forward):
         if input.device.type == 'cpu' and input.dtype != torch.float32:
             return forward(self, input.float(), rois.float()).to(input.dtype)
         return forward(self, input, rois)
-    wrapper._float32_on_cpu = True
     return wrapper
 
 
-def enable() -> None:
-    """Patch mmcv once; ``batched_nms`` looks ``nms`` up in its module, so it follows."""
+@contextmanager
+def float32_mmcv_ops(enabled: bool = True) -> Iterator[None]:
+    """While active (and ``enabled``), mmcv's nms and RoIAlign take non-float32 CPU inputs;
+    ``batched_nms`` looks ``nms`` up in its module, so it follows."""
+    if not enabled:
+        yield
+        return
     from mmcv.ops import RoIAlign
     nms_module = sys.modules['mmcv.ops.nms']  # `mmcv.ops.nms` the attribute is the function
-    if not getattr(nms_module.nms, '_float32_on_cpu', False):
-        nms_module.nms = _nms_in_float32(nms_module.nms)
-    if not getattr(RoIAlign.forward, '_float32_on_cpu', False):
-        RoIAlign.forward = _roi_align_in_float32(RoIAlign.forward)
+    nms, forward = nms_module.nms, RoIAlign.forward
+    nms_module.nms, RoIAlign.forward = _nms_in_float32(nms), _roi_align_in_float32(forward)
+    try:
+        yield
+    finally:
+        nms_module.nms, RoIAlign.forward = nms, forward
 
 
 def _to_float32(sample):

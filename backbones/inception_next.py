@@ -7,6 +7,7 @@ The modules and parameter names follow the official code (sail-sg/inceptionnext)
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -39,18 +40,27 @@ except (AttributeError, RuntimeError):  # a build without oneDNN
     _CONV_POINTWISE = None
 
 
+# torch < 2.3 has only the private spelling; torch < 2.4 has no device argument
+_is_compiling = getattr(torch.compiler, 'is_compiling', None) or torch._dynamo.is_compiling
+try:
+    torch.is_autocast_enabled('cpu')
+    _cpu_autocast = functools.partial(torch.is_autocast_enabled, 'cpu')
+except TypeError:
+    _cpu_autocast = torch.is_autocast_cpu_enabled
+
+
 def _onednn_fusion_applies(x: torch.Tensor) -> bool:
     """Whether a fused block may run its MLP as oneDNN convolutions with fused post-ops.
 
     Only for eager fp32 CPU inference: no autograd (the op has no derivative), no autocast, and
     not while tracing, scripting or compiling (exporters and inductor see the plain modules).
     """
-    if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
+    if _is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
         return False  # first: under torch.compile the rest would break the graph
     return (_CONV_POINTWISE is not None and x.device.type == 'cpu'
             and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled('cpu'))
+            and not _cpu_autocast())
 
 
 class InceptionDWConv2d(nn.Module):
@@ -145,6 +155,16 @@ class MetaNeXtStage(nn.Module):
                            if downsample else nn.Identity())
         self.blocks = nn.Sequential(*[MetaNeXtBlock(out_chs, drop_path=dpr, **block_kwargs)
                                       for dpr in drop_path_rates[:depth]])
+        self.grad_checkpointing = False  # timm's name; set by InceptionNeXt(with_cp=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -276,6 +296,7 @@ class InceptionNeXt(BaseModule):
                 self.dims[max(i - 1, 0)], self.dims[i], depth, downsample=i > 0,
                 drop_path_rates=dpr[start:start + depth], mlp_ratio=settings['mlp_ratios'][i],
                 ls_init_value=layer_scale_init_value, **mixer_kwargs))
+            self.stages[-1].grad_checkpointing = with_cp
         for i in self.out_indices:
             self.add_module(f'norm{i}', self._build_out_norm(out_norm_cfg, self.dims[i]))
         self.apply(self._init_module)
@@ -322,12 +343,7 @@ class InceptionNeXt(BaseModule):
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage.downsample(x)
-            for block in stage.blocks:
-                if self.with_cp and self.training:
-                    x = cp.checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+            x = stage(x)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(out.contiguous() if convert_back else out)

@@ -1,76 +1,22 @@
-"""Fixes that let this stack (torch 2.14, mmengine 0.10.7) run as users expect, on GPU and CPU.
+"""What the tools apply to a config before they run it; nothing here acts on import.
 
-- mmengine-saved checkpoints (resume, ``load_from``, test) hold Python objects that torch >= 2.6's
-  ``weights_only`` default refuses (mmengine#1655): local checkpoints load as mmengine intended.
 - ``--amp`` on a machine without CUDA uses bfloat16 autocast (``BF16AmpOptimWrapper``).
 - Distributed runs without CUDA use gloo (every ``--launcher``), CPU DDP and BatchNorm instead of
   SyncBN; a launcher started without its environment is a one-line error.
-- Checkpoints are written atomically, old ones removed only after a new one is complete, and a
-  non-finite loss stops training (``add_safety_hooks``).
+- ``SafeRunHook``: safe checkpoint loading, atomic checkpoints, a stop on non-finite losses.
 """
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
-import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.optim import OptimWrapper
-from mmengine.registry import OPTIM_WRAPPERS
-from mmengine.runner import runner as mmengine_runner
-from mmengine.runner.amp import autocast
-from mmengine.runner.checkpoint import CheckpointLoader, find_latest_checkpoint
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
-from . import cpu_bf16_ops
+from . import cpu_bf16_ops, hooks  # noqa: F401  (register BF16AmpOptimWrapper, SafeRunHook)
 from .launchers import check_launcher_env, init_cpu_process_group
-
-
-def load_from_trusted_local(filename: str, map_location=None) -> dict:
-    """mmengine's local loader, with the pickle loading mmengine was written for."""
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return torch.load(filename, map_location=map_location, weights_only=False)
-
-
-CheckpointLoader.register_scheme(prefixes='', loader=load_from_trusted_local, force=True)
-
-
-def save_checkpoint_atomic(checkpoint: dict, filename: str, **kwargs) -> None:
-    """Save to ``filename.tmp`` then rename: a killed save never leaves a partial checkpoint."""
-    if '://' in str(filename):
-        return _save_checkpoint(checkpoint, filename, **kwargs)
-    os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
-    tmp = f'{filename}.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:  # e.g. a full disk: the partial file goes, the last checkpoint stays
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, filename)
-
-
-_save_checkpoint = mmengine_runner.save_checkpoint
-mmengine_runner.save_checkpoint = save_checkpoint_atomic  # used by Runner.save_checkpoint
-
-
-@OPTIM_WRAPPERS.register_module()
-class BF16AmpOptimWrapper(OptimWrapper):
-    """Mixed precision by bfloat16 autocast, no loss scaling: runs on CPUs as well as GPUs."""
-
-    def __init__(self, dtype: str | torch.dtype = 'bfloat16', **kwargs):
-        super().__init__(**kwargs)
-        self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-
-    @contextmanager
-    def optim_context(self, model: nn.Module):
-        with super().optim_context(model), autocast(dtype=self.cast_dtype):
-            yield
 
 
 def _replace_type(node, old: str, new: str) -> int:
@@ -98,7 +44,6 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
         else:
             wrapper.type = 'BF16AmpOptimWrapper'
             wrapper.pop('loss_scale', None)
-            cpu_bf16_ops.enable()
             print_log('--amp without CUDA: bfloat16 autocast on the CPU', logger='current')
     if launcher == 'none':
         return
@@ -116,14 +61,11 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
     init_cpu_process_group(launcher)
 
 
-def add_safety_hooks(cfg: Config) -> None:
-    """Atomic checkpointing and a stop on non-finite losses, for any config."""
-    checkpoint = cfg.get('default_hooks', {}).get('checkpoint')
-    if checkpoint and checkpoint.get('type') == 'CheckpointHook':
-        checkpoint['type'] = 'AtomicCheckpointHook'
-    hooks = list(cfg.get('custom_hooks', []))
-    if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
-        cfg.custom_hooks = [*hooks, dict(type='FiniteLossHook', priority='VERY_HIGH')]
+def add_safety_hooks(cfg: Config, trusted_checkpoints: Iterable[str] = ()) -> None:
+    """Add ``SafeRunHook`` (safe loading, atomic checkpoints, non-finite loss stop) to ``cfg``."""
+    others = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'SafeRunHook']
+    cfg.custom_hooks = [*others, dict(type='SafeRunHook',
+                                     trusted_checkpoints=list(trusted_checkpoints))]
 
 
 def latest_complete_checkpoint(work_dir: str) -> str | None:

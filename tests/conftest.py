@@ -1,17 +1,18 @@
 """Shared fixtures: small checkpoints made from timm's InceptionNeXt with random weights."""
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+
 import pytest
-import timm
 import torch
+from helpers import create_timm_inception_next
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.visualization import Visualizer
 
 from backbones.demo_data import make_ade20k, make_coco
 from backbones.fusion import randomize_bn_and_layer_scale_ as randomize_
-
-TIMM_NAMES = {'atto': 'inception_next_atto', 'tiny': 'inception_next_tiny',
-              'small': 'inception_next_small', 'base': 'inception_next_base'}
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -34,7 +35,7 @@ def fresh_mmengine_instances():
 @pytest.fixture(scope='session')
 def timm_atto() -> torch.nn.Module:
     torch.manual_seed(0)
-    return randomize_(timm.create_model('inception_next_atto', pretrained=False)).eval()
+    return randomize_(create_timm_inception_next('atto')).eval()
 
 
 @pytest.fixture(scope='session')
@@ -52,3 +53,18 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
     make_ade20k(str(root / 'ade'), n_train=4, n_val=2, size=64)
     make_coco(str(root / 'coco'), n_train=4, n_val=2, size=64)
     return dict(seg=str(root / 'ade' / 'ADEChallengeData2016'), det=str(root / 'coco'))
+
+
+@pytest.fixture()
+def http_dir(tmp_path, monkeypatch):
+    """A folder served over HTTP on localhost, and an empty torch hub cache."""
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    for var in ('no_proxy', 'NO_PROXY'):  # a machine's proxy must not take localhost requests
+        monkeypatch.setenv(var, '127.0.0.1,localhost')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f'http://127.0.0.1:{server.server_port}'
+    server.shutdown()

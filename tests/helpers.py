@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,73 @@ def last_metrics(work_dir: Path) -> tuple[list[dict], list[dict]]:
     assert logs, f'no scalars.json under {work_dir}'
     lines = [json.loads(x) for x in logs[-1].read_text().splitlines()]
     return lines, [x for x in lines if 'loss' not in x]
+
+
+UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
+
+
+def run_train(argv: list[str], capsys, tool: str = 'train.py') -> tuple[int, str]:
+    """Run tools/train.py (or ``tool``) in this process (imports are shared, so it is quick)."""
+    old = sys.argv
+    sys.argv = [f'tools/{tool}', *argv]
+    try:
+        runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [x for x in err.splitlines() if x.startswith('error:')]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1, err[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def train_args(cfg: str, work_dir: Path, *extra: str, pretrained: bool = False) -> list[str]:
+    atto = ATTO.split() if not pretrained else ["model.backbone.arch='atto'"]
+    return [cfg, '--work-dir', str(work_dir), '--cfg-options', *atto, *UPERNET_OVERRIDES, *extra]
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.system``: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def booby_trapped_checkpoint(path: Path, marker: Path) -> None:
+    """An mmengine-shaped checkpoint whose unpickling creates ``marker``."""
+    import torch
+    torch.save({'meta': {}, 'state_dict': {}, 'payload': _RunsCode(marker)}, path)
+
+
+def create_timm_inception_next(arch: str):
+    """timm's ``inception_next_<arch>`` with random weights (atto built from timm's own classes
+    where timm < 1.0 does not register it)."""
+    import functools
+
+    import timm
+    if arch == 'atto' and not timm.is_model('inception_next_atto'):
+        from timm.models.inception_next import InceptionDWConv2d, MetaNeXt
+        return MetaNeXt(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320),
+                        token_mixers=functools.partial(InceptionDWConv2d, band_kernel_size=9,
+                                                       branch_ratio=0.25))
+    return timm.create_model(f'inception_next_{arch}', pretrained=False)
+
+
+def timm_stage_outputs(model, x):
+    """The four stage outputs of a timm InceptionNeXt (any timm version)."""
+    outs = []
+    x = model.stem(x)
+    for stage in model.stages:
+        x = stage(x)
+        outs.append(x)
+    return outs

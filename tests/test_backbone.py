@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
-from conftest import TIMM_NAMES, randomize_
+from helpers import create_timm_inception_next, timm_stage_outputs
 
 from backbones import ARCH_SETTINGS, ConfigError, InceptionNeXt
+from backbones.fusion import randomize_bn_and_layer_scale_ as randomize_
 
 # (arch, params without the head and the output norms, from the paper's table)
 PARAMS_M = {'atto': 2.89, 'tiny': 23.97, 'small': 45.29, 'base': 80.44}
@@ -45,13 +45,13 @@ def test_parity_with_timm(arch, channels_last):
     """Bit-identical to timm in NCHW; within float rounding in the default (channels-last on
     the CPU) layout."""
     torch.manual_seed(1)
-    ref = randomize_(timm.create_model(TIMM_NAMES[arch], pretrained=False), seed=1).eval()
+    ref = randomize_(create_timm_inception_next(arch), seed=1).eval()
     model = InceptionNeXt(arch, out_norm_cfg=None, channels_last=channels_last).eval()
     missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
     assert missing == [] and all(k.startswith('head.') for k in unexpected)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        expected = ref.forward_intermediates(x, intermediates_only=True)
+        expected = timm_stage_outputs(ref, x)
         outs = model(x)
     tol = 0 if channels_last is False else 1e-5
     for a, b in zip(expected, outs):
@@ -196,3 +196,24 @@ def test_outputs_keep_the_input_memory_format(out_norm_cfg, mode, channels_last)
         assert out.is_contiguous()
         assert out_cl.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out_cl, out, atol=1e-4, rtol=1e-4)
+
+
+def test_stages_and_blocks_are_ordinary_modules():
+    """``stages[i](x)`` runs a stage; forward hooks on stages and blocks fire (Grad-CAM and
+    feature tools hook them) and see what the backbone computes."""
+    torch.manual_seed(0)
+    model = InceptionNeXt('atto', out_norm_cfg=None, channels_last=False).eval()
+    seen: dict[str, torch.Tensor] = {}
+    for i, stage in enumerate(model.stages):
+        stage.register_forward_hook(lambda m, a, out, i=i: seen.update({f'stage{i}': out}))
+    model.stages[2].blocks[1].register_forward_hook(
+        lambda m, a, out: seen.update({'block': out}))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs = model(x)
+        by_hand = model.stages[0](model.stem(x))
+    assert sorted(seen) == ['block', 'stage0', 'stage1', 'stage2', 'stage3']
+    for i in range(4):
+        torch.testing.assert_close(seen[f'stage{i}'], outs[i], rtol=0, atol=0)
+    torch.testing.assert_close(by_hand, outs[0], rtol=0, atol=0)
+    assert seen['block'].shape == (1, 160, 4, 4)

@@ -1,10 +1,6 @@
 """Pretrained loading: every checkpoint format loads verified, every bad file fails clearly."""
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
-
 import pytest
 import torch
 from mmengine.logging import MMLogger
@@ -53,21 +49,6 @@ def test_safetensors_loads(tmp_path, timm_atto):
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in timm_atto.state_dict().items()}, str(path))
     _assert_loaded(_build(str(path)), timm_atto)
-
-
-@pytest.fixture()
-def http_dir(tmp_path, monkeypatch):
-    """A folder served over HTTP on localhost, and an empty torch hub cache."""
-    folder = tmp_path / 'served'
-    folder.mkdir()
-    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
-    for var in ('no_proxy', 'NO_PROXY'):  # a machine's proxy must not take localhost requests
-        monkeypatch.setenv(var, '127.0.0.1,localhost')
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield folder, f'http://127.0.0.1:{server.server_port}'
-    server.shutdown()
 
 
 @pytest.mark.parametrize('name', ['inceptionnext_atto.pth', 'model.safetensors'])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import runpy
 import shutil
 import signal
 import subprocess
@@ -14,45 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ATTO, FAMILIES, ROOT, SEG_TAIL, write_config
+from helpers import (
+    ATTO,
+    FAMILIES,
+    ROOT,
+    SEG_TAIL,
+    assert_one_line_error,
+    run_train,
+    train_args,
+    write_config,
+)
 from PIL import Image
 
 from backbones.cli import load_config
-
-UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
-
-
-def run_train(argv: list[str], capsys, tool: str = 'train.py') -> tuple[int, str]:
-    """Run tools/train.py (or ``tool``) in this process (imports are shared, so it is quick)."""
-    old = sys.argv
-    sys.argv = [f'tools/{tool}', *argv]
-    try:
-        runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    lines = [x for x in err.splitlines() if x.startswith('error:')]
-    assert code == 2, err[-2000:]
-    assert len(lines) == 1, err[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture()
 def seg_cfg(tmp_path, tiny_data) -> str:
     return write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
                         iters=2)
-
-
-def train_args(cfg: str, work_dir: Path, *extra: str, pretrained: bool = False) -> list[str]:
-    atto = ATTO.split() if not pretrained else ["model.backbone.arch='atto'"]
-    return [cfg, '--work-dir', str(work_dir), '--cfg-options', *atto, *UPERNET_OVERRIDES, *extra]
 
 
 @pytest.mark.parametrize('override,fragments', [
@@ -251,20 +230,30 @@ def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
     assert load_config(seg_cfg, {key: float(value)}).optim_wrapper.clip_grad.max_norm == 1.0
 
 
-def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from backbones.runtime import save_checkpoint_atomic
-    path = tmp_path / 'iter_1.pth'
-    save_checkpoint_atomic({'w': torch.ones(3)}, str(path))
+def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path):
+    """SafeRunHook's atomic saving: a save that dies midway (a full disk) leaves no partial
+    file, the last checkpoint intact, and the runner as it was after the run."""
+    from backbones.hooks import atomic_checkpoints
 
-    def disk_full(obj, f, *args, **kwargs):
-        f.write(b'half a checkpoint')
-        raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(torch, 'save', disk_full)
-    with pytest.raises(OSError, match='No space left'):
-        save_checkpoint_atomic({'w': torch.zeros(3)}, str(path))
-    monkeypatch.undo()
+    class Runner:
+        hooks: list = []
+        fail = False
+
+        def save_checkpoint(self, out_dir: str, filename: str) -> None:
+            with open(os.path.join(out_dir, filename), 'wb') as f:
+                torch.save({'w': torch.zeros(3) if self.fail else torch.ones(3)}, f)
+                if self.fail:
+                    raise OSError(28, 'No space left on device')
+
+    runner = Runner()
+    with atomic_checkpoints(runner):
+        runner.save_checkpoint(str(tmp_path), 'iter_1.pth')
+        runner.fail = True
+        with pytest.raises(OSError, match='No space left'):
+            runner.save_checkpoint(str(tmp_path), 'iter_1.pth')
+    assert 'save_checkpoint' not in vars(runner)  # the wrapper is gone after the run
     assert [p.name for p in tmp_path.iterdir()] == ['iter_1.pth']  # no partial file left
-    assert torch.equal(torch.load(path, weights_only=False)['w'], torch.ones(3))
+    assert torch.equal(torch.load(tmp_path / 'iter_1.pth', weights_only=True)['w'], torch.ones(3))
 
 
 @pytest.mark.slow

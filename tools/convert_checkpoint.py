@@ -12,18 +12,16 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import os.path as osp
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
 from backbones.checkpoint import HEAD_PREFIX, extract_state_dict, read_checkpoint
 from backbones.cli import one_line_errors
 from backbones.errors import CheckpointError, ConfigError
+from backbones.files import write_atomic
 from backbones.inception_next import ARCH_SETTINGS, InceptionNeXt
 
 RELEASE_META_KEYS = ('dataset_meta', 'mmengine_version', 'epoch', 'iter')
@@ -40,6 +38,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--mode', default='auto', choices=['auto', 'backbone', 'release'],
                         help='backbone: clean backbone state dict; release: trained model '
                         'without optimizer state (default: by the checkpoint contents)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='read SRC with pickle, which can run code stored in it: only for '
+                        'files you trust; the output then loads safely everywhere')
     return parser.parse_args()
 
 
@@ -109,35 +110,6 @@ def release_checkpoint(checkpoint: Mapping) -> dict:
     return {'state_dict': state, 'meta': {k: meta[k] for k in RELEASE_META_KEYS if k in meta}}
 
 
-def write_atomic(dst: str, write: Callable[[str], None],
-                 final_name: Callable[[str], str] | None = None) -> str:
-    """Write through ``write(tmp)`` into a temporary file next to ``dst``, then rename it to
-    ``final_name(sha256)`` or ``dst``: a failure never leaves a partial output. Returns the path."""
-    folder = osp.dirname(osp.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        final = final_name(sha256(tmp)) if final_name else dst
-        os.replace(tmp, final)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-    return final
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_torch(obj: dict, path: str) -> None:
     """``torch.save`` through a file object: given a path, torch names the archive inside after
     the (random) temporary file, so the same weights would hash differently on every run."""
@@ -169,7 +141,7 @@ def main() -> None:
         raise ConfigError('SRC and DST are the same file; write the conversion elsewhere')
     if not osp.isfile(args.src):
         raise CheckpointError(f'checkpoint not found: {args.src}')
-    checkpoint = read_checkpoint(args.src)
+    checkpoint = read_checkpoint(args.src, trusted=args.trust_checkpoint)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f'{args.src} holds a {type(checkpoint).__name__}, not a '
                               'checkpoint dict')

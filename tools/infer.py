@@ -17,7 +17,7 @@ import torch.nn as nn
 from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 
-from backbones.checkpoint import fit_model_checkpoint  # importing backbones registers the loader
+from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli import load_config, one_line_errors, task_of
 from backbones.errors import CheckpointError, ConfigError, DataError
 
@@ -36,6 +36,9 @@ def parse_args() -> argparse.Namespace:
                         'of the InceptionNeXt backbone for faster inference (same outputs)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detectors: draw boxes and masks scoring at least this')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='read CHECKPOINT with pickle, which can run code stored in it: only '
+                        'for files you trust')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     return parser.parse_args()
@@ -124,7 +127,7 @@ def main() -> None:
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
     model, visualizer = build(cfg, task, device)
-    checkpoint, state = fit_model_checkpoint(model, args.checkpoint)
+    checkpoint, state = fit_model_checkpoint(model, args.checkpoint, args.trust_checkpoint)
     model.load_state_dict(state, strict=False)
     meta = dataset_meta(cfg, checkpoint, task)
     if meta:

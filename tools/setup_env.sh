@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Create or repair the project's environment in .venv/ and install the pinned stack.
+# Create or repair a virtual environment with the stack pinned in a lock file, and this project.
+#
+#   bash tools/setup_env.sh                          # .venv from requirements/lock.txt
+#   VENV=.venv-compat LOCK=requirements/compat.txt bash tools/setup_env.sh   # older stack
 #
 # Idempotent: a healthy, up-to-date environment is verified and left alone; a broken or partial
-# one is repaired. mmcv 2.1.0 has no wheel for torch 2.14, so it is built once from the PyPI source
-# distribution with compiled ops and the wheel is cached outside the repo
+# one is repaired. PyPI has no mmcv 2.1.0 wheel with ops, so it is built once per torch version
+# from the source distribution and the wheel is cached outside the repo
 # (${INCEPTIONNEXT_CACHE:-~/.cache/inceptionnext-dense}) so later setups reuse it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV="$ROOT/.venv"
+VENV="$ROOT/${VENV:-.venv}"
+LOCK="$ROOT/${LOCK:-requirements/lock.txt}"
 PY="$VENV/bin/python"
 CACHE="${INCEPTIONNEXT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inceptionnext-dense}"
-TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
-MMCV_VERSION=2.1.0
+pin() { grep -ioE "^$1==[^ ;#]+" "$LOCK" 2>/dev/null | head -n 1 || true; }
+TORCH_PIN="$(pin torch) $(pin torchvision)"
+TORCH_VERSION=$(pin torch | cut -d= -f3)
+MMCV_VERSION=$(pin mmcv | cut -d= -f3)
 STAMP="$VENV/.setup-stamp"
 
 say() { echo "[setup] $*"; }
@@ -26,7 +32,7 @@ PY
 }
 
 stamp_value() {
-  cat "$ROOT/setup.cfg" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/setup.cfg" "$LOCK" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1
 }
 
 if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] && verify; then
@@ -45,14 +51,14 @@ fi
 
 # 1. The virtual environment itself.
 if ! { [ -x "$PY" ] && "$PY" -c 'import sys, pip; assert sys.version_info >= (3, 10)' 2>/dev/null; }; then
-  say "creating virtual environment in .venv (python: $(command -v python3))"
+  say "creating virtual environment in $(basename "$VENV") (python: $(command -v python3))"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
 fi
 rm -f "$STAMP"
 
 # 2. torch first: mmcv's build needs it.
-if ! "$PY" -c 'import torch, torchvision; assert torch.__version__.startswith("2.14.1")' 2>/dev/null; then
+if ! "$PY" -c "import torch, torchvision; assert torch.__version__.split('+')[0] == '$TORCH_VERSION'" 2>/dev/null; then
   say "installing $TORCH_PIN (a large download or local wheel; about a minute)"
   pip_install $TORCH_PIN
   if ! "$PY" -c 'import torch, torchvision' 2>/dev/null; then  # damaged files, intact metadata
@@ -83,7 +89,9 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
       "mmcv==$MMCV_VERSION" -d "$build" 2> >(quiet)
     tar -xzf "$build"/mmcv-$MMCV_VERSION.tar.gz -C "$build"
     # torch >= 2.6 headers need C++20; mmcv 2.1.0 hard-codes C++17 (open-mmlab/mmcv#3341).
-    sed -i 's/-std=c++17/-std=c++20/g' "$build/mmcv-$MMCV_VERSION/setup.py"
+    if "$PY" -c 'import sys, torch; sys.exit(tuple(map(int, torch.__version__.split(".")[:2])) < (2, 6))'; then
+      sed -i 's/-std=c++17/-std=c++20/g' "$build/mmcv-$MMCV_VERSION/setup.py"
+    fi
     (cd "$build/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-g0" \
       "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps . -w "$build/dist")
     mkdir -p "$wheel_dir"
@@ -95,25 +103,24 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
     say "installing mmcv from the cached wheel $wheel"
   fi
   pip_install --force-reinstall --no-deps "$wheel"
-  pip_install "mmcv==$MMCV_VERSION" # its pure-Python dependencies
+  pip_install -c "$LOCK" "mmcv==$MMCV_VERSION" # its pure-Python dependencies
 fi
 
-# 4. The project and the rest of the pinned stack (setup.cfg).
-say "installing the project and its pinned dependencies (pip install -e .[dev])"
-pip_install -e "$ROOT[dev]"
+# 4. The project and the rest of the stack, at the lock file's versions.
+say "installing the project and the stack pinned in $(basename "$LOCK") (pip install -e .[mmdet,mmseg,dev])"
+pip_install -c "$LOCK" -e "$ROOT[mmdet,mmseg,dev]"
 
 # 5. pip counts a package with damaged files but intact metadata as installed: reinstall, at its
 #    pin, each one that does not import.
 broken=()
 for pair in mmengine:mmengine mmdet:mmdet mmseg:mmsegmentation timm:timm mmpretrain:mmpretrain; do
   if ! "$PY" -c "import ${pair%%:*}" 2>/dev/null; then
-    pin=$(grep -oE "^\s*${pair#*:}==[^ ;#]+" "$ROOT/setup.cfg" | tr -d ' ' || true)
-    broken+=("${pin:-${pair#*:}}")
+    broken+=("$(pin "${pair#*:}")")
   fi
 done
 if [ ${#broken[@]} -gt 0 ]; then
   say "reinstalling packages that are installed but do not import: ${broken[*]}"
-  pip_install --force-reinstall --no-deps "${broken[@]}"
+  pip_install --force-reinstall --no-deps -c "$LOCK" "${broken[@]}"
 fi
 
 say "verifying: import mmcv.ops, mmdet, mmseg, timm, backbones"

@@ -16,7 +16,7 @@ from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli import default_work_dir, load_config, one_line_errors, task_of
 from backbones.data_check import check_data_roots, readable_data_errors
 from backbones.errors import CheckpointError, ConfigError
-from backbones.runtime import adapt_to_device
+from backbones.runtime import adapt_to_device, add_safety_hooks
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,6 +34,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--deploy', action='store_true', help='fold BatchNorms and layer scales '
                         'of the InceptionNeXt backbone for faster inference (same outputs)')
     parser.add_argument('--amp', action='store_true', help='mixed precision inference')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='read CHECKPOINT with pickle, which can run code stored in it: only '
+                        'for files you trust (default: refuse any file that holds more than '
+                        'tensors and plain types)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -68,7 +72,6 @@ def main() -> None:
     adapt_to_device(cfg, args.launcher, amp=False)
     if args.amp:
         cfg.test_cfg = {**cfg.get('test_cfg', {}), 'fp16': True}
-        cpu_bf16_ops.enable()  # only changes CPU inputs that are not float32
     if args.show or args.show_dir:
         enable_visualization(cfg, task, args)
     if args.tta:
@@ -86,13 +89,15 @@ def main() -> None:
                                   dict(type='DumpDetResults', out_file_path=args.out)]
         else:
             cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+    add_safety_hooks(cfg, [args.checkpoint] if args.trust_checkpoint else [])
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    fit_model_checkpoint(runner.model, args.checkpoint)  # one-line errors, not a silent misfit
+    # one-line errors, not a silent misfit
+    fit_model_checkpoint(runner.model, args.checkpoint, trusted=args.trust_checkpoint)
     if args.amp:
         cpu_bf16_ops.float32_predictions(runner.model)
-    with readable_data_errors(cfg):
-        runner.test()
+    with readable_data_errors(cfg), cpu_bf16_ops.float32_mmcv_ops(args.amp):
+        runner.test()  # float32_mmcv_ops only changes CPU inputs that are not float32
 
 
 if __name__ == '__main__':

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
+import torch
 from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli import default_work_dir, load_config, one_line_errors
+from backbones.cpu_bf16_ops import float32_mmcv_ops
 from backbones.data_check import check_data_roots, readable_data_errors
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
@@ -30,6 +32,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or from the latest one in the '
                         'work dir if no path is given')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='read the --resume checkpoint with pickle, which can run code '
+                        'stored in it: only for files you trust (default: refuse any file '
+                        'that holds more than tensors and plain types)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.drop_path_rate=0.1')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -45,7 +51,6 @@ def main() -> None:
     cfg.launcher = args.launcher
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
     adapt_to_device(cfg, args.launcher, args.amp)
-    add_safety_hooks(cfg)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ConfigError(f'{args.config} has no auto_scale_lr.base_batch_size; add one '
@@ -59,11 +64,13 @@ def main() -> None:
             raise CheckpointError(f'--resume {args.resume}: no such checkpoint file (give a '
                                   'path, or --resume alone for the latest in the work dir)')
         cfg.resume, cfg.load_from = True, args.resume
+    trusted = [cfg.load_from] if args.trust_checkpoint and cfg.get('load_from') else []
+    add_safety_hooks(cfg, trusted)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if cfg.get('resume') and cfg.get('load_from'):
-        fit_model_checkpoint(runner.model, cfg.load_from)  # one-line errors for a bad --resume
-    with readable_data_errors(cfg):
+    if cfg.get('resume') and cfg.get('load_from'):  # one-line errors for a bad --resume
+        fit_model_checkpoint(runner.model, cfg.load_from, trusted=bool(trusted))
+    with readable_data_errors(cfg), float32_mmcv_ops(args.amp and not torch.cuda.is_available()):
         runner.train()
 
 

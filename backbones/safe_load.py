@@ -1,0 +1,148 @@
+"""Checkpoint reading that never runs code from the file.
+
+A ``.pth`` file is a pickle, and a pickle can call any Python function while it is read. Files
+are read with torch's ``weights_only`` unpickler plus an explicit allowlist of the plain types that
+mmengine/mmdet/mmseg training checkpoints hold besides tensors (found by saving real checkpoints of
+every model family and listing their globals with
+``torch.serialization.get_unsafe_globals_in_checkpoint``). A file that needs any other global is
+refused with ``UnsafeCheckpointError`` naming it; reading it anyway takes an explicit
+``trusted=True`` for that one file. ``.safetensors`` files hold tensors only and are read as such.
+
+torch < 2.5 has no way to extend its weights-only allowlist; there the same allowlist (plus torch's
+own) is enforced by a restricted unpickler handed to ``torch.load`` as its ``pickle_module``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pickle
+import re
+import types
+import urllib.parse
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+# What mmengine training checkpoints hold besides tensors and builtins: the message hub's
+# HistoryBuffer (log history as numpy arrays) and numpy scalars/arrays (numpy 1 and 2 spellings).
+SAFE_GLOBALS = (
+    'mmengine.logging.history_buffer.HistoryBuffer',
+    'numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
+    'numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar',
+    'numpy.ndarray', 'numpy.dtype',
+    *(f'numpy.dtypes.{name}DType' for name in (
+        'Bool', 'Int8', 'Int16', 'Int32', 'Int64', 'UInt8', 'UInt16', 'UInt32', 'UInt64',
+        'Float16', 'Float32', 'Float64', 'Str', 'Bytes')),
+)
+TORCH_HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')  # torch >= 2.5
+_GLOBAL_IN_MESSAGE = re.compile(r'GLOBAL ([\w.]+)')
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that needs a global outside the allowlist (the name is in ``.name``)."""
+
+    def __init__(self, path: str, name: str):
+        self.path, self.name = path, name
+        super().__init__(
+            f'refused to load {path}: it needs {name}, which is not a tensor, a plain type or '
+            f'one of the types mmengine/mmdet/mmseg checkpoints hold, so unpickling it could run '
+            f'code from the file; only if you trust the file: convert it once with python '
+            f'tools/convert_checkpoint.py --trust-checkpoint {path} clean.pth, or give '
+            f'--trust-checkpoint to tools/train.py (--resume, load_from), test.py or infer.py')
+
+
+def _resolve(name: str) -> Any | None:
+    module, _, attr = name.rpartition('.')
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _allowed() -> dict[str, Any]:
+    """``{dotted name: object}`` of the allowlist entries importable here."""
+    import warnings
+    with warnings.catch_warnings():  # numpy 2 warns on the numpy.core spelling
+        warnings.simplefilter('ignore')
+        found = {name: _resolve(name) for name in SAFE_GLOBALS}
+    return {name: obj for name, obj in found.items() if obj is not None}
+
+
+def _restricted_pickle_module(path: str) -> types.ModuleType:
+    """A ``pickle`` stand-in whose Unpickler resolves only allowlisted globals (torch < 2.5)."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+    allowed = {**_get_allowed_globals(), **_allowed()}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            full = f'{module}.{name}'
+            if full not in allowed:
+                raise UnsafeCheckpointError(path, full)
+            return allowed[full]
+
+    module = types.ModuleType('restricted_pickle')
+    module.Unpickler = Unpickler
+    module.load = lambda f, **kwargs: Unpickler(f, **kwargs).load()
+    module.__dict__.update(UnpicklingError=pickle.UnpicklingError)
+    return module
+
+
+def _offending_global(path: str, error: Exception) -> str:
+    """The first global of ``path`` that the allowlist lacks (named by torch where it can)."""
+    get_unsafe = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if get_unsafe is not None:
+        try:
+            names = [n for n in get_unsafe(path) if n not in SAFE_GLOBALS]
+            if names:
+                return names[0]
+        except Exception:  # noqa: BLE001  (the load's own message is the fallback)
+            pass
+    match = _GLOBAL_IN_MESSAGE.search(str(error))
+    return match[1] if match else 'an unsupported global'
+
+
+def load_torch_file(path: str, map_location: Any = 'cpu', trusted: bool = False) -> Any:
+    """``torch.load`` of a local file without unpickling code (unless ``trusted``).
+
+    Raises ``UnsafeCheckpointError`` for a file that needs a global outside the allowlist.
+    """
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path, device=str(map_location) if map_location else 'cpu')
+    if trusted:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    if not TORCH_HAS_SAFE_GLOBALS:
+        return torch.load(path, map_location=map_location, weights_only=False,
+                          pickle_module=_restricted_pickle_module(path))
+    pairs = [(obj, name) for name, obj in _allowed().items()]
+    try:
+        with torch.serialization.safe_globals(pairs):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(path, _offending_global(path, e)) from None
+
+
+def cached_download(url: str) -> str:
+    """A URL's file in torch's hub cache (where torch and mmengine cache them), fetched once.
+
+    ``.pth`` files keep their name (so hand-placed copies are found); ``.safetensors`` names get
+    a hash of the URL, since timm's are all ``model.safetensors``.
+    """
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    if name.endswith('.safetensors'):
+        name = f'{hashlib.sha256(url.encode()).hexdigest()[:8]}-{name}'
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', name)
+    if not os.path.isfile(cached):
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, progress=False)  # via a temp file
+    return cached
+
+
+def load_checkpoint_file(path: str, map_location: Any = 'cpu', trusted: bool = False) -> Any:
+    """A local path or an http(s) URL (downloaded into the hub cache first), read safely."""
+    if '://' in path:
+        path = cached_download(path)
+    return load_torch_file(path, map_location, trusted)

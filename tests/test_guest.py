@@ -1,0 +1,248 @@
+"""The suite as a guest in someone else's process: an import that changes nothing, checkpoints
+that never run code, and safety that a downstream config opts into with one hook."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import (
+    ATTO,
+    FAMILIES,
+    ROOT,
+    SEG_TAIL,
+    assert_one_line_error,
+    booby_trapped_checkpoint,
+    run_tool,
+    run_train,
+    train_args,
+    write_config,
+)
+
+from backbones.safe_load import SAFE_GLOBALS, load_torch_file
+
+SNAPSHOT = r'''
+import json, os, sys, warnings
+import mmcv.ops, mmengine, torch
+import timm  # a dependency; importing it makes torch add its own safe globals (DTensor...)
+from mmengine import registry
+from mmengine.runner import checkpoint, runner
+
+
+def name(obj):
+    return f'{getattr(obj, "__module__", "?")}.{getattr(obj, "__qualname__", repr(obj))}'
+
+
+def registries():
+    found = {}
+
+    def walk(reg, path):
+        found[path] = sorted(reg._module_dict)
+        for scope, child in reg._children.items():
+            walk(child, f'{path}/{scope}')
+    for attr in dir(registry):
+        if isinstance(getattr(registry, attr), registry.Registry):
+            walk(getattr(registry, attr), attr)
+    return found
+
+
+def snapshot():
+    nms = sys.modules['mmcv.ops.nms']
+    safe = getattr(torch.serialization, 'get_safe_globals', list)()
+    return dict(
+        schemes={k: name(v) for k, v in checkpoint.CheckpointLoader._schemes.items()},
+        functions={k: id(v) for k, v in dict(
+            runner_save=runner.save_checkpoint, save=checkpoint.save_checkpoint,
+            load=checkpoint.load_checkpoint, torch_load=torch.load, torch_save=torch.save,
+            nms=nms.nms, batched_nms=mmcv.ops.batched_nms,
+            roi_align=mmcv.ops.RoIAlign.forward).items()},
+        mmcv_ops=sorted(vars(mmcv.ops)), safe_globals=[str(g) for g in safe],
+        registries=registries(), environ=dict(os.environ),
+        warning_filters=[repr(f) for f in warnings.filters],
+        torch=[str(torch.get_default_dtype()), torch.get_num_threads(),
+               torch.backends.cudnn.benchmark, torch.backends.mkldnn.enabled,
+               torch.are_deterministic_algorithms_enabled()],
+        libraries=sorted(m for m in sys.modules if m.split('.')[0] in ('mmdet', 'mmseg')))
+
+
+before = snapshot()
+import backbones  # noqa: E402
+after = snapshot()
+print(json.dumps(dict(before=before, after=after)))
+'''
+
+
+def test_import_changes_nothing_but_two_registrations():
+    """``import backbones`` adds InceptionNeXt and its lr-decay constructor to mmengine's root
+    registries; mmengine's loaders and savers, mmcv's ops, torch, the environment, warning
+    filters and every other registry entry stay as they were."""
+    result = subprocess.run([sys.executable, '-c', SNAPSHOT], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads(result.stdout.splitlines()[-1])
+    before, after = state['before'], state['after']
+    added = {path: sorted(set(after['registries'][path]) - set(before['registries'][path]))
+             for path in after['registries']}
+    assert {p: names for p, names in added.items() if names} == {
+        'MODELS': ['InceptionNeXt'],
+        'OPTIM_WRAPPER_CONSTRUCTORS': ['InceptionNeXtLearningRateDecayOptimizerConstructor']}
+    assert after['registries'].keys() == before['registries'].keys()
+    for key in before:
+        if key != 'registries':
+            assert after[key] == before[key], key
+
+
+@pytest.fixture()
+def trap(tmp_path):
+    """A checkpoint whose unpickling would create ``marker``; (path, marker)."""
+    marker = tmp_path / 'code_ran'
+    path = tmp_path / 'trap.pth'
+    booby_trapped_checkpoint(path, marker)
+    return str(path), marker
+
+
+@pytest.fixture()
+def seg_cfg(tmp_path, tiny_data) -> str:
+    return write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                        iters=1)
+
+
+@pytest.mark.parametrize('path', ['load_from', 'resume', 'pretrained', 'test', 'infer',
+                                  'convert'])
+def test_booby_trapped_checkpoint_is_refused_everywhere(path, trap, seg_cfg, tmp_path, capsys,
+                                                       tiny_data):
+    ckpt, marker = trap
+    work = tmp_path / 'work'
+    tool, argv = {
+        'load_from': ('train.py', train_args(seg_cfg, work, f'load_from={ckpt}')),
+        'resume': ('train.py', [*train_args(seg_cfg, work), '--resume', ckpt]),
+        'pretrained': ('train.py', train_args(
+            seg_cfg, work, "model.backbone.init_cfg.type='Pretrained'",
+            f'model.backbone.init_cfg.checkpoint={ckpt}', pretrained=True)),
+        'test': ('test.py', [seg_cfg, ckpt, '--work-dir', str(work),
+                             *train_args(seg_cfg, work)[3:]]),
+        'infer': ('infer.py', [seg_cfg, ckpt, f'{tiny_data["seg"]}/images/validation',
+                               '--out-dir', str(work),
+                               *train_args(seg_cfg, work)[3:]]),
+        'convert': ('convert_checkpoint.py', [ckpt, str(tmp_path / 'out.pth')]),
+    }[path]
+    code, err = run_train(argv, capsys, tool=tool)
+    assert_one_line_error(code, err, f'refused to load {ckpt}', 'posix.system',
+                          '--trust-checkpoint')
+    assert not marker.exists(), 'the checkpoint ran its code'
+    assert not (tmp_path / 'out.pth').exists()
+    assert not list(work.rglob('*.pth')) if work.exists() else True
+
+
+def test_booby_trapped_url_is_refused(http_dir, trap, capsys, tmp_path, seg_cfg):
+    ckpt, marker = trap
+    folder, url = http_dir
+    (folder / 'trap.pth').write_bytes(open(ckpt, 'rb').read())
+    code, err = run_train(train_args(seg_cfg, tmp_path / 'work',
+                                     "model.backbone.init_cfg.type='Pretrained'",
+                                     f'model.backbone.init_cfg.checkpoint={url}/trap.pth',
+                                     pretrained=True), capsys)
+    assert_one_line_error(code, err, 'refused to load', 'posix.system')
+    assert not marker.exists()
+
+
+def test_trust_checkpoint_is_an_explicit_opt_in(trap, tmp_path, capsys):
+    """--trust-checkpoint reads the named file with pickle (its code runs: the user said so)."""
+    ckpt, marker = trap
+    code, err = run_train([ckpt, str(tmp_path / 'out.pth'), '--trust-checkpoint'], capsys,
+                          tool='convert_checkpoint.py')
+    assert marker.exists()
+    assert code == 2 and 'no state dict of tensors' in err  # the trap holds no weights
+
+
+def test_plain_mmengine_keeps_its_own_protection_after_import(trap):
+    """After ``import backbones``, mmengine's own loader still refuses the file on torch >= 2.6
+    (earlier torch unpickles anything there, as it would without this package)."""
+    if tuple(map(int, torch.__version__.split('.')[:2])) < (2, 6):
+        pytest.skip('torch < 2.6 has no weights_only default for mmengine to keep')
+    ckpt, marker = trap
+    script = ('import backbones\nfrom mmengine.runner.checkpoint import _load_checkpoint\n'
+              f'_load_checkpoint({ckpt!r})')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and 'posix.system' in result.stderr
+    assert not marker.exists()
+
+
+DOWNSTREAM = '''
+import argparse
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader
+
+parser = argparse.ArgumentParser()
+parser.add_argument('config')
+parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+args = parser.parse_args()
+cfg = Config.fromfile(args.config)
+cfg.merge_from_dict(args.cfg_options)
+before = dict(CheckpointLoader._schemes)
+runner = Runner.from_cfg(cfg)
+try:
+    runner.train()
+    print('TRAINED')
+finally:
+    print('RESTORED' if dict(CheckpointLoader._schemes) == before else 'CHANGED')
+'''
+
+
+@pytest.mark.slow
+def test_downstream_config_opts_in_with_one_hook(tmp_path, tiny_data, trap):
+    """A project's own Runner (no tool of ours) with the README's opt-in line: a trapped
+    ``load_from`` is refused, a real mmengine checkpoint loads on this torch, atomic saving and
+    safe loading are undone after the run."""
+    ckpt, marker = trap
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                       iters=1)
+    with open(cfg, 'a') as f:
+        f.write("custom_imports = dict(imports=['backbones', 'backbones.hooks'], "
+                "allow_failed_imports=False)\ncustom_hooks = [dict(type='SafeRunHook')]\n")
+
+    def run(work: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, '-c', DOWNSTREAM, cfg,
+                               *train_args(cfg, tmp_path)[3:], f'work_dir={work}', *extra],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    first = run(str(tmp_path / 'a'))
+    assert 'TRAINED' in first.stdout and 'RESTORED' in first.stdout, first.stderr[-3000:]
+    assert [p.name for p in (tmp_path / 'a').glob('*.pth')] == ['iter_1.pth']
+    assert not list((tmp_path / 'a').glob('.*.tmp'))
+    loaded = run(str(tmp_path / 'b'), f'load_from={tmp_path / "a" / "iter_1.pth"}')
+    assert 'TRAINED' in loaded.stdout, loaded.stderr[-3000:]
+    assert 'Load checkpoint from' in loaded.stdout + loaded.stderr
+    refused = run(str(tmp_path / 'c'), f'load_from={ckpt}')
+    assert 'TRAINED' not in refused.stdout and 'posix.system' in refused.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_real_checkpoints_load_safely_resume_and_test(tmp_path, tiny_data, family):
+    """Checkpoints that training saves for every model family hold only allowlisted globals,
+    and test and resume from them through the safe loader."""
+    base, tail, overrides = FAMILIES[family]
+    task = 'seg' if tail is SEG_TAIL else 'det'
+    cfg = write_config(tmp_path, base, tail, root=tiny_data[task], iters=1)
+    args = ['--cfg-options', *ATTO.split(), *overrides.split()]
+    work = tmp_path / 'work'
+    assert run_tool('tools/train.py', cfg, '--work-dir', str(work), *args).returncode == 0
+    ckpt = sorted(work.glob('*.pth'))[0]
+    get_unsafe = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if get_unsafe is not None:  # torch >= 2.5 lists them; older torch: the load below checks
+        assert set(get_unsafe(str(ckpt))) <= set(SAFE_GLOBALS)
+    assert 'message_hub' in load_torch_file(str(ckpt))
+    tested = run_tool('tools/test.py', cfg, str(ckpt), '--work-dir', str(tmp_path / 't'), *args)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    more = (['train_cfg.max_iters=2'] if task == 'seg' else ['train_cfg.max_epochs=2'])
+    resumed = run_tool('tools/train.py', cfg, '--work-dir', str(work), '--resume', *args, *more)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resumed epoch' in resumed.stdout + resumed.stderr
+    assert os.path.isfile(work / ('iter_2.pth' if task == 'seg' else 'epoch_2.pth'))
