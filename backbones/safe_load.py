@@ -27,9 +27,11 @@ import torch
 from .errors import CheckpointError
 
 # What mmengine training checkpoints hold besides tensors and builtins: the message hub's
-# HistoryBuffer (log history as numpy arrays) and numpy scalars/arrays (numpy 1 and 2 spellings).
+# HistoryBuffer (log history as numpy arrays, its statistics as getattr(HistoryBuffer, 'min')...)
+# and numpy scalars/arrays (numpy 1 and 2 spellings). ``getattr`` resolves to
+# ``_history_buffer_statistic``, which looks up nothing else.
 SAFE_GLOBALS = (
-    'mmengine.logging.history_buffer.HistoryBuffer',
+    'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr',
     'numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
     'numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar',
     'numpy.ndarray', 'numpy.dtype',
@@ -54,7 +56,21 @@ class UnsafeCheckpointError(CheckpointError):
             f'--trust-checkpoint to tools/train.py (--resume, load_from), test.py or infer.py')
 
 
+_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+def _history_buffer_statistic(owner: type, name: str) -> Any:
+    """The only ``getattr`` a checkpoint may call: a HistoryBuffer statistics method."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if owner is HistoryBuffer and name in _STATISTICS:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(f'Unsupported global: GLOBAL builtins.getattr, called as '
+                                 f'getattr({owner!r}, {name!r})')
+
+
 def _resolve(name: str) -> Any | None:
+    if name == 'builtins.getattr':
+        return _history_buffer_statistic
     module, _, attr = name.rpartition('.')
     try:
         return getattr(importlib.import_module(module), attr)
@@ -78,7 +94,7 @@ def _restricted_pickle_module(path: str) -> types.ModuleType:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            full = f'{module}.{name}'
+            full = f"{'builtins' if module == '__builtin__' else module}.{name}"  # protocol 2
             if full not in allowed:
                 raise UnsafeCheckpointError(path, full)
             return allowed[full]
@@ -114,14 +130,16 @@ def load_torch_file(path: str, map_location: Any = 'cpu', trusted: bool = False)
         return load_file(path, device=str(map_location) if map_location else 'cpu')
     if trusted:
         return torch.load(path, map_location=map_location, weights_only=False)
-    if not TORCH_HAS_SAFE_GLOBALS:
-        return torch.load(path, map_location=map_location, weights_only=False,
-                          pickle_module=_restricted_pickle_module(path))
-    pairs = [(obj, name) for name, obj in _allowed().items()]
     try:
+        if not TORCH_HAS_SAFE_GLOBALS:
+            return torch.load(path, map_location=map_location, weights_only=False,
+                              pickle_module=_restricted_pickle_module(path))
+        pairs = [(obj, name) for name, obj in _allowed().items()]
         with torch.serialization.safe_globals(pairs):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not any(m in str(e) for m in ('Weights only load failed', 'Unsupported global')):
+            raise  # e.g. a truncated file: not a refusal
         raise UnsafeCheckpointError(path, _offending_global(path, e)) from None
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -246,3 +247,39 @@ def test_real_checkpoints_load_safely_resume_and_test(tmp_path, tiny_data, famil
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'resumed epoch' in resumed.stdout + resumed.stderr
     assert os.path.isfile(work / ('iter_2.pth' if task == 'seg' else 'epoch_2.pth'))
+
+
+class _GetattrBeyondStatistics:
+    def __reduce__(self):
+        from mmengine.logging.history_buffer import HistoryBuffer
+        return getattr, (HistoryBuffer, '__subclasses__')
+
+
+@pytest.mark.parametrize('torch_machinery', [True, False])
+def test_both_loaders_refuse_code_and_read_mmengine_state(tmp_path, trap, monkeypatch,
+                                                          torch_machinery):
+    """torch's weights_only unpickler (torch >= 2.5) and the restricted unpickler (older torch;
+    also runnable here) read what the Runner saves and refuse the rest, getattr beyond
+    HistoryBuffer's statistics included."""
+    from mmengine.logging import MessageHub
+
+    from backbones import safe_load
+    from backbones.errors import CheckpointError
+    if torch_machinery and not safe_load.TORCH_HAS_SAFE_GLOBALS:
+        pytest.skip('torch < 2.5 has no extensible weights_only allowlist')
+    monkeypatch.setattr(safe_load, 'TORCH_HAS_SAFE_GLOBALS', torch_machinery)
+    hub = MessageHub('guest-test')
+    hub.update_scalar('train/loss', 1.5)
+    hub.update_info('eta', np.float64(3.0))
+    path = tmp_path / 'state.pth'
+    torch.save({'message_hub': hub.state_dict(), 'state_dict': {'w': torch.ones(2)}}, path)
+    loaded = load_torch_file(str(path))
+    assert loaded['message_hub']['log_scalars']['train/loss'].mean() == 1.5
+    assert loaded['message_hub']['runtime_info']['eta'] == 3.0
+    ckpt, marker = trap
+    with pytest.raises(CheckpointError, match='posix.system'):
+        load_torch_file(ckpt)
+    assert not marker.exists()
+    torch.save({'x': _GetattrBeyondStatistics()}, tmp_path / 'getattr.pth')
+    with pytest.raises(CheckpointError, match='builtins.getattr'):
+        load_torch_file(str(tmp_path / 'getattr.pth'))
