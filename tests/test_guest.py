@@ -197,15 +197,19 @@ finally:
 
 @pytest.mark.slow
 def test_downstream_config_opts_in_with_one_hook(tmp_path, tiny_data, trap):
-    """A project's own Runner (no tool of ours) with the README's opt-in line: a trapped
+    """A project's own Runner (no tool of ours) with the README's opt-in lines: a trapped
     ``load_from`` is refused, a real mmengine checkpoint loads on this torch, atomic saving and
     safe loading are undone after the run."""
     ckpt, marker = trap
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
                        iters=1)
+    readme = (ROOT / 'README.md').read_text()
+    snippet = readme[readme.index('# mmseg: _base_'):]
+    opt_in = [line for line in snippet.splitlines()[:4]
+              if line.startswith(('custom_imports', 'custom_hooks'))]
+    assert len(opt_in) == 2 and 'SafeRunHook' in opt_in[1]  # the README's lines, as written
     with open(cfg, 'a') as f:
-        f.write("custom_imports = dict(imports=['backbones', 'backbones.hooks'], "
-                "allow_failed_imports=False)\ncustom_hooks = [dict(type='SafeRunHook')]\n")
+        f.write('\n'.join(opt_in) + '\n')
 
     def run(work: str, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, '-c', DOWNSTREAM, cfg,

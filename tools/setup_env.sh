@@ -60,14 +60,14 @@ rm -f "$STAMP"
 # 2. torch first: mmcv's build needs it.
 if ! "$PY" -c "import torch, torchvision; assert torch.__version__.split('+')[0] == '$TORCH_VERSION'" 2>/dev/null; then
   say "installing $TORCH_PIN (a large download or local wheel; about a minute)"
-  pip_install $TORCH_PIN
+  pip_install -c "$LOCK" $TORCH_PIN
   if ! "$PY" -c 'import torch, torchvision' 2>/dev/null; then  # damaged files, intact metadata
     say "torch is installed but does not import: reinstalling it"
-    pip_install --force-reinstall --no-deps $TORCH_PIN
+    pip_install --force-reinstall --no-deps -c "$LOCK" $TORCH_PIN
   fi
 fi
 say "installing build tools (setuptools<82, wheel, ninja, psutil)"
-pip_install "setuptools<82" wheel ninja psutil
+pip_install -c "$LOCK" "setuptools<82" wheel ninja psutil
 
 # 3. mmcv with compiled ops, from the cache or built from source.
 if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
