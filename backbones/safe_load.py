@@ -28,10 +28,11 @@ from .errors import CheckpointError
 
 # What mmengine training checkpoints hold besides tensors and builtins: the message hub's
 # HistoryBuffer (log history as numpy arrays, its statistics as getattr(HistoryBuffer, 'min')...)
-# and numpy scalars/arrays (numpy 1 and 2 spellings). ``getattr`` resolves to
-# ``_history_buffer_statistic``, which looks up nothing else.
+# and numpy scalars/arrays (numpy 1 and 2 spellings; their bytes come through _codecs.encode, which
+# torch >= 2.4 allows by default). ``getattr`` resolves to ``_history_buffer_statistic``, which
+# looks up nothing else.
 SAFE_GLOBALS = (
-    'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr',
+    'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr', '_codecs.encode',
     'numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
     'numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar',
     'numpy.ndarray', 'numpy.dtype',
