@@ -107,8 +107,9 @@ def _restricted_pickle_module(path: str) -> types.ModuleType:
     return module
 
 
-def _offending_global(path: str, error: Exception) -> str:
-    """The first global of ``path`` that the allowlist lacks (named by torch where it can)."""
+def _offending_global(path: str, error: Exception) -> str | None:
+    """The first global of ``path`` that the allowlist lacks (named by torch where it can);
+    None when ``error`` is not about a global (e.g. a truncated or non-pickle file)."""
     get_unsafe = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
     if get_unsafe is not None:
         try:
@@ -118,7 +119,7 @@ def _offending_global(path: str, error: Exception) -> str:
         except Exception:  # noqa: BLE001  (the load's own message is the fallback)
             pass
     match = _GLOBAL_IN_MESSAGE.search(str(error))
-    return match[1] if match else 'an unsupported global'
+    return match[1] if match else None
 
 
 def load_torch_file(path: str, map_location: Any = 'cpu', trusted: bool = False) -> Any:
@@ -139,9 +140,10 @@ def load_torch_file(path: str, map_location: Any = 'cpu', trusted: bool = False)
         with torch.serialization.safe_globals(pairs):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if not any(m in str(e) for m in ('Weights only load failed', 'Unsupported global')):
-            raise  # e.g. a truncated file: not a refusal
-        raise UnsafeCheckpointError(path, _offending_global(path, e)) from None
+        name = _offending_global(path, e)
+        if name is None:
+            raise  # e.g. a text file: a read error, not a refusal
+        raise UnsafeCheckpointError(path, name) from None
 
 
 def cached_download(url: str) -> str:
