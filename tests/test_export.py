@@ -1,8 +1,13 @@
 """ONNX export (tools/export.py) and evaluation through ONNX Runtime (--backend onnxruntime)."""
 from __future__ import annotations
 
+import io
 import json
+import runpy
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -94,34 +99,63 @@ def _relative_errors(onnx_file: str, ref: nn.Module, shape: tuple[int, ...]) -> 
             for o, r in zip(outs, refs)]
 
 
+def _run_here(tool: str, *args) -> tuple[int, str]:
+    """``tools/<tool>`` in this process (no interpreter start and imports per run); returns the
+    exit status and what it printed to stdout and stderr."""
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(printed), redirect_stderr(printed):
+        mp.setattr(sys, 'argv', [f'tools/{tool}', *map(str, args)])
+        try:
+            runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, printed.getvalue()
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory, tiny_data):
+    """``get(family, part)``: a tiny model, its checkpoint and its export, made once."""
+    made = {}
+
+    def get(family: str, part: str) -> SimpleNamespace:
+        if (family, part) not in made:
+            folder = tmp_path_factory.mktemp(f'{family}_{part}')
+            task = 'seg' if FAMILIES[family][1] is SEG_TAIL else 'det'
+            cfg, options, ckpt = _model_and_checkpoint(folder, family, tiny_data[task])
+            out = folder / f'{part}.onnx'
+            code, printed = _run_here('export.py', cfg, ckpt, out, '--part', part, *CHECKS,
+                                      *options)
+            made[family, part] = SimpleNamespace(cfg=cfg, options=options, ckpt=ckpt, out=out,
+                                                 code=code, printed=printed, folder=folder)
+        return made[family, part]
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('family, part', [('upernet', 'segmentor'), ('sem_fpn', 'segmentor'),
                                           ('mask_rcnn', 'features'), ('upernet', 'backbone')])
-def test_export_matches_pytorch_at_other_sizes(tmp_path, tiny_data, family, part):
+def test_export_matches_pytorch_at_other_sizes(exported, family, part):
     """The tool's own check passes, and an independent run at a third size (odd, not a multiple
     of 32, batch 3) agrees with the PyTorch model loaded from the same checkpoint."""
     import onnx
 
     from backbones.checkpoint import fit_model_checkpoint
     from backbones.onnx_export import BackboneFeatures, DetectorFeatures, SegmentorLogits
-    task = 'seg' if FAMILIES[family][1] is SEG_TAIL else 'det'
-    cfg_path, options, ckpt = _model_and_checkpoint(tmp_path, family, tiny_data[task])
-    out = tmp_path / f'{part}.onnx'
-    proc = run_tool('tools/export.py', cfg_path, ckpt, str(out), '--part', part, *CHECKS,
-                    *options)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'relative error' in proc.stdout and out.is_file()
-    assert not list(tmp_path.glob('*.tmp'))
+    run = exported(family, part)
+    assert run.code == 0, run.printed[-3000:]
+    assert 'relative error' in run.printed and run.out.is_file()
+    assert not list(run.folder.glob('*.tmp'))
 
-    graph_input = onnx.load(str(out), load_external_data=False).graph.input[0]
+    graph_input = onnx.load(str(run.out), load_external_data=False).graph.input[0]
     dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     assert dims == ['batch', 3, 'height', 'width']
 
-    model = _build(cfg_path, options[1:]).eval()
-    model.load_state_dict(fit_model_checkpoint(model, ckpt)[1], strict=False)
+    model = _build(run.cfg, run.options[1:]).eval()
+    model.load_state_dict(fit_model_checkpoint(model, run.ckpt)[1], strict=False)
     ref = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
            'backbone': lambda m: BackboneFeatures(m.backbone)}[part](model)
-    errors = _relative_errors(str(out), ref.eval(), (3, 3, 75, 101))
+    errors = _relative_errors(str(run.out), ref.eval(), (3, 3, 75, 101))
     assert max(errors) < 1e-4, errors
 
 
@@ -135,18 +169,16 @@ def _metric_and_maps(work_dir: Path, out_dir: Path) -> tuple[float, dict[str, np
 
 
 @pytest.mark.slow
-def test_test_tool_onnxruntime_equals_pytorch(tmp_path, tiny_data):
+def test_test_tool_onnxruntime_equals_pytorch(tmp_path, exported):
     """tools/test.py --backend onnxruntime on the exported file: the same label maps and mIoU
     as the PyTorch checkpoint."""
-    cfg_path, options, ckpt = _model_and_checkpoint(tmp_path, 'upernet', tiny_data['seg'])
-    onnx_file = tmp_path / 'upernet.onnx'
-    proc = run_tool('tools/export.py', cfg_path, ckpt, str(onnx_file), *CHECKS, *options)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = exported('upernet', 'segmentor')
+    assert run.code == 0, run.printed[-3000:]
     results = {}
-    for backend, checkpoint in (('pytorch', ckpt), ('onnxruntime', str(onnx_file))):
+    for backend, checkpoint in (('pytorch', run.ckpt), ('onnxruntime', str(run.out))):
         work, preds = tmp_path / f'work_{backend}', tmp_path / f'preds_{backend}'
-        proc = run_tool('tools/test.py', cfg_path, checkpoint, '--backend', backend,
-                        '--work-dir', str(work), '--out', str(preds), *options)
+        proc = run_tool('tools/test.py', run.cfg, checkpoint, '--backend', backend,
+                        '--work-dir', str(work), '--out', str(preds), *run.options)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[backend] = _metric_and_maps(work, preds)
     (miou, maps), (onnx_miou, onnx_maps) = results['pytorch'], results['onnxruntime']
@@ -164,41 +196,34 @@ def test_bad_input_is_one_line_error(tmp_path, tiny_data, case):
     ckpt.write_bytes(b'not used')
     options = ['--cfg-options', *ATTO.split(), *overrides.split()]
     if case == 'dir':
-        proc = run_tool('tools/export.py', cfg_path, str(ckpt), str(tmp_path), *options)
+        code, printed = _run_here('export.py', cfg_path, ckpt, tmp_path, *options)
         words = ['is a directory']
     elif case == 'same-file':
-        proc = run_tool('tools/export.py', cfg_path, str(ckpt), str(ckpt), *options)
+        code, printed = _run_here('export.py', cfg_path, ckpt, ckpt, *options)
         words = ['is the input']
     else:
         fake = tmp_path / 'model.onnx'
         fake.write_bytes(b'\x08\x07garbage')
-        proc = run_tool('tools/test.py', cfg_path, str(fake), '--backend', 'onnxruntime',
-                        '--work-dir', str(tmp_path / 'work'), *options)
+        code, printed = _run_here('test.py', cfg_path, fake, '--backend', 'onnxruntime',
+                                  '--work-dir', tmp_path / 'work', *options)
         words = ['cannot load', str(fake)]
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert 'Traceback' not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    assert code == 2, printed[-3000:]
+    assert 'Traceback' not in printed
+    last = printed.strip().splitlines()[-1]
     assert last.startswith('error: ') and all(w in last for w in words), last
     assert ckpt.read_bytes() == b'not used'
 
 
 @pytest.mark.slow
-def test_mismatch_is_one_line_error_and_writes_nothing(tmp_path, tiny_data, monkeypatch, capsys):
+def test_mismatch_is_one_line_error_and_writes_nothing(tmp_path, exported, monkeypatch):
     """Exported with PyTorch's own adaptive pooling (the replacement switched off), UperNet's
     pyramid pooling keeps the example's bins: the check at the second size must refuse it."""
-    import runpy
-    import sys
-
     import backbones.onnx_export
-    cfg_path, options, ckpt = _model_and_checkpoint(tmp_path, 'upernet', tiny_data['seg'])
+    run = exported('upernet', 'segmentor')
     monkeypatch.setattr(backbones.onnx_export, 'make_shapes_dynamic', lambda model: 0)
     out = tmp_path / 'bad.onnx'
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, 'argv', ['tools/export.py', cfg_path, ckpt, str(out), *CHECKS,
-                                      *options])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(ROOT / 'tools' / 'export.py'), run_name='__main__')
-    assert exit_info.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith('error: ') and '2x3x96x64' in last, last
-    assert not out.exists() and not list(tmp_path.glob('*.tmp'))
+    code, printed = _run_here('export.py', run.cfg, run.ckpt, out, *CHECKS, *run.options)
+    assert code == 2
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith('error: ') and '2x3x96x64' in last and str(out) in last, last
+    assert not out.exists() and not list(tmp_path.glob('*'))
