@@ -115,34 +115,39 @@ def _run_here(tool: str, *args) -> tuple[int, str]:
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory, tiny_data):
-    """``get(family, part)``: a tiny model, its checkpoint and its export, made once."""
+    """``get(family, part, int8)``: a tiny model, its checkpoint and its export (with an int8
+    copy calibrated on the tiny training images if ``int8``), made once."""
     made = {}
 
-    def get(family: str, part: str) -> SimpleNamespace:
-        if (family, part) not in made:
+    def get(family: str, part: str, int8: bool = False) -> SimpleNamespace:
+        if (family, part, int8) not in made:
             folder = tmp_path_factory.mktemp(f'{family}_{part}')
             task = 'seg' if FAMILIES[family][1] is SEG_TAIL else 'det'
             cfg, options, ckpt = _model_and_checkpoint(folder, family, tiny_data[task])
             out = folder / f'{part}.onnx'
+            quantize = (['--quantize', 'int8', '--calib-data',
+                         f'{tiny_data["seg"]}/images/training', '--calib-num', '3'] if int8 else [])
             code, printed = _run_here('export.py', cfg, ckpt, out, '--part', part, *CHECKS,
-                                      *options)
-            made[family, part] = SimpleNamespace(cfg=cfg, options=options, ckpt=ckpt, out=out,
-                                                 code=code, printed=printed, folder=folder)
-        return made[family, part]
+                                      *quantize, *options)
+            made[family, part, int8] = SimpleNamespace(
+                cfg=cfg, options=options, ckpt=ckpt, out=out, code=code, printed=printed,
+                folder=folder, int8=folder / f'{part}.int8.onnx')
+        return made[family, part, int8]
     return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('family, part', [('upernet', 'segmentor'), ('sem_fpn', 'segmentor'),
-                                          ('mask_rcnn', 'features'), ('upernet', 'backbone')])
-def test_export_matches_pytorch_at_other_sizes(exported, family, part):
+@pytest.mark.parametrize('family, part, int8', [
+    ('upernet', 'segmentor', True), ('sem_fpn', 'segmentor', False),
+    ('mask_rcnn', 'features', False), ('upernet', 'backbone', False)])
+def test_export_matches_pytorch_at_other_sizes(exported, family, part, int8):
     """The tool's own check passes, and an independent run at a third size (odd, not a multiple
     of 32, batch 3) agrees with the PyTorch model loaded from the same checkpoint."""
     import onnx
 
     from backbones.checkpoint import fit_model_checkpoint
     from backbones.onnx_export import BackboneFeatures, DetectorFeatures, SegmentorLogits
-    run = exported(family, part)
+    run = exported(family, part, int8)
     assert run.code == 0, run.printed[-3000:]
     assert 'relative error' in run.printed and run.out.is_file()
     assert not list(run.folder.glob('*.tmp'))
@@ -157,6 +162,30 @@ def test_export_matches_pytorch_at_other_sizes(exported, family, part):
            'backbone': lambda m: BackboneFeatures(m.backbone)}[part](model)
     errors = _relative_errors(str(run.out), ref.eval(), (3, 3, 75, 101))
     assert max(errors) < 1e-4, errors
+    assert run.int8.is_file() == int8
+
+
+@pytest.mark.slow
+def test_int8_export_is_quantized_and_close(exported):
+    """The int8 file holds quantized convolutions, keeps the metadata and dynamic sizes, and
+    labels nearly every pixel as the float model does (random weights, random input)."""
+    import onnx
+    import onnxruntime as ort
+
+    from backbones.onnx_export import read_metadata
+    run = exported('upernet', 'segmentor', int8=True)
+    assert run.code == 0, run.printed[-3000:]
+    assert 'calibrated on 3 images' in run.printed
+    ops = {n.op_type for n in onnx.load(str(run.int8)).graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear', 'Conv'} <= ops
+    sessions = [ort.InferenceSession(str(p), providers=['CPUExecutionProvider'])
+                for p in (run.out, run.int8)]
+    assert read_metadata(sessions[1])['kind'] == 'segmentor'
+    x = torch.randn(2, 3, 72, 88).numpy()
+    fp32, int8 = (s.run(None, {'image': x})[0] for s in sessions)
+    assert fp32.shape == int8.shape == (2, 150, 72, 88)
+    assert not np.array_equal(fp32, int8)
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() > 0.9
 
 
 def _metric_and_maps(work_dir: Path, out_dir: Path) -> tuple[float, dict[str, np.ndarray]]:
@@ -172,7 +201,7 @@ def _metric_and_maps(work_dir: Path, out_dir: Path) -> tuple[float, dict[str, np
 def test_test_tool_onnxruntime_equals_pytorch(tmp_path, exported):
     """tools/test.py --backend onnxruntime on the exported file: the same label maps and mIoU
     as the PyTorch checkpoint."""
-    run = exported('upernet', 'segmentor')
+    run = exported('upernet', 'segmentor', int8=True)
     assert run.code == 0, run.printed[-3000:]
     results = {}
     for backend, checkpoint in (('pytorch', run.ckpt), ('onnxruntime', str(run.out))):
@@ -219,7 +248,7 @@ def test_mismatch_is_one_line_error_and_writes_nothing(tmp_path, exported, monke
     """Exported with PyTorch's own adaptive pooling (the replacement switched off), UperNet's
     pyramid pooling keeps the example's bins: the check at the second size must refuse it."""
     import backbones.onnx_export
-    run = exported('upernet', 'segmentor')
+    run = exported('upernet', 'segmentor', int8=True)
     monkeypatch.setattr(backbones.onnx_export, 'make_shapes_dynamic', lambda model: 0)
     out = tmp_path / 'bad.onnx'
     code, printed = _run_here('export.py', run.cfg, run.ckpt, out, *CHECKS, *run.options)
