@@ -217,6 +217,21 @@ def test_test_tool_onnxruntime_equals_pytorch(tmp_path, exported):
     assert len(np.unique(np.concatenate([m.ravel() for m in maps.values()]))) > 1  # not trivial
 
 
+@pytest.mark.slow
+def test_infer_tool_onnxruntime_draws_what_pytorch_draws(tmp_path, exported, tiny_data):
+    run = exported('upernet', 'segmentor', int8=True)
+    images = f'{tiny_data["seg"]}/images/validation'
+    drawn = {}
+    for backend, checkpoint in (('pytorch', run.ckpt), ('onnxruntime', run.out)):
+        out_dir = tmp_path / backend
+        code, printed = _run_here('infer.py', run.cfg, checkpoint, images, '--backend', backend,
+                                  '--out-dir', out_dir, *run.options)
+        assert code in (0, None), printed[-3000:]
+        drawn[backend] = {p.name: np.asarray(Image.open(p)) for p in out_dir.glob('*.png')}
+    assert len(drawn['pytorch']) == 2 and drawn['pytorch'].keys() == drawn['onnxruntime'].keys()
+    assert all(np.array_equal(v, drawn['onnxruntime'][k]) for k, v in drawn['pytorch'].items())
+
+
 @pytest.mark.parametrize('case', ['dir', 'same-file', 'not-onnx'])
 def test_bad_input_is_one_line_error(tmp_path, tiny_data, case):
     base, tail, overrides = FAMILIES['upernet']
