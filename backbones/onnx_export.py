@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
+from .inception_next import InceptionNeXt
 
 # What a file holds; stored as metadata so that the runtime side knows what it is given.
 KINDS = ('segmentor', 'features', 'backbone')
@@ -142,9 +143,8 @@ def export_part(model: nn.Module, kind: str) -> nn.Module:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
     model.eval()
     backbone = model if kind == 'backbone' else model.backbone
-    if hasattr(backbone, 'fuse'):
-        backbone.fuse()
-    if hasattr(backbone, 'channels_last'):
+    if isinstance(backbone, InceptionNeXt):
+        backbone.fuse(onednn=False)  # oneDNN's fused kernels are eager-only: export the modules
         backbone.channels_last = False
     make_shapes_dynamic(model)
     part = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
@@ -173,7 +173,7 @@ def export_onnx(part: nn.Module, sample: torch.Tensor, path: str, metadata: dict
     proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = META_PREFIX + key, json.dumps(value)
+        entry.key, entry.value = META_PREFIX + key, json.dumps(value, default=str)
     onnx.save(proto, path)
 
 

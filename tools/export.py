@@ -109,14 +109,9 @@ def metadata(cfg: Config, model: torch.nn.Module, kind: str, checkpoint: dict | 
     if kind == 'features':
         meta['pad_size_divisor'] = int(getattr(pre, 'pad_size_divisor', 1))
     dataset_meta = (checkpoint or {}).get('meta', {}).get('dataset_meta')
-    if isinstance(dataset_meta, dict):
-        meta['dataset_meta'] = {k.lower(): list(map(_plain, v)) if isinstance(v, (list, tuple))
-                                else v for k, v in dataset_meta.items()}
+    if isinstance(dataset_meta, dict):  # class names and palette, for tools/infer.py
+        meta['dataset_meta'] = {k.lower(): v for k, v in dataset_meta.items()}
     return meta
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def reference(model: torch.nn.Module, kind: str) -> torch.nn.Module:
