@@ -258,16 +258,17 @@ def test_bad_input_is_one_line_error(tmp_path, tiny_data, case):
     assert ckpt.read_bytes() == b'not used'
 
 
-@pytest.mark.slow
-def test_mismatch_is_one_line_error_and_writes_nothing(tmp_path, exported, monkeypatch):
-    """Exported with PyTorch's own adaptive pooling (the replacement switched off), UperNet's
-    pyramid pooling keeps the example's bins: the check at the second size must refuse it."""
-    import backbones.onnx_export
-    run = exported('upernet', 'segmentor', int8=True)
-    monkeypatch.setattr(backbones.onnx_export, 'make_shapes_dynamic', lambda model: 0)
-    out = tmp_path / 'bad.onnx'
-    code, printed = _run_here('export.py', run.cfg, run.ckpt, out, *CHECKS, *run.options)
-    assert code == 2
-    last = printed.strip().splitlines()[-1]
-    assert last.startswith('error: ') and '2x3x96x64' in last and str(out) in last, last
-    assert not out.exists() and not list(tmp_path.glob('*'))
+def test_mismatch_is_refused_with_the_size(tmp_path):
+    """PyTorch's own adaptive pooling, exported as is, keeps the example's bins (UperNet's
+    pyramid pooling pitfall): the check at the second size must refuse the file."""
+    from backbones.onnx_export import ExportMismatchError, check_against_pytorch, export_onnx
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d(6)).eval()
+    path = str(tmp_path / 'pool.onnx')
+    export_onnx(model, torch.randn(2, 3, 64, 64), path, {'kind': 'backbone'})
+    check_against_pytorch(path, model, [(1, 64, 64)])  # the example's size passes
+    with pytest.raises(ExportMismatchError, match=r'pool\.onnx differs from PyTorch at '
+                       r'2x3x77x130: relative error'):
+        check_against_pytorch(path, model, [(1, 64, 64), (2, 77, 130)])
+    make_shapes_dynamic(model)
+    export_onnx(model, torch.randn(2, 3, 64, 64), path, {'kind': 'backbone'})
+    assert max(check_against_pytorch(path, model, [(1, 64, 64), (2, 77, 130)])) < 1e-5
