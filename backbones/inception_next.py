@@ -63,6 +63,17 @@ def _onednn_fusion_applies(x: torch.Tensor) -> bool:
             and not _cpu_autocast())
 
 
+def onednn_mlp_wins() -> bool:
+    """Whether ``fuse()`` should run the MLPs as fused oneDNN convolutions on this CPU.
+
+    Decided by ISA: where ATen runs AVX-512 kernels (the Intel Xeon and the AVX-512 AMD EPYC
+    measured) the fused convolutions beat the folded plain modules; on an AVX2-only AMD EPYC the
+    deploy path with them measured only 1.01-1.05x timm (1.26-1.30x on the Xeon), so there
+    ``fuse()`` only folds, which is less work than the plain model on any CPU.
+    """
+    return _CONV_POINTWISE is not None and torch.backends.cpu.get_cpu_capability() == 'AVX512'
+
+
 class InceptionDWConv2d(nn.Module):
     """Inception depthwise convolution: identity, k x k, 1 x band and band x 1 channel branches."""
 
@@ -112,17 +123,19 @@ class MetaNeXtBlock(nn.Module):
         self.gamma = nn.Parameter(ls_init_value * torch.ones(dim)) if ls_init_value else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.fused = False
+        self.onednn = False  # set by fuse(): run the MLP as oneDNN convolutions with post-ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and not self.training and _onednn_fusion_applies(x):
+        if self.onednn and self.fused and not self.training and _onednn_fusion_applies(x):
             return self._forward_onednn(x)
         y = self.mlp(self.norm(self.token_mixer(x)))
         if self.gamma is not None:
             y = y.mul(self.gamma.reshape(1, -1, 1, 1))
         return self.drop_path(y) + x
 
-    def fuse(self) -> None:
-        """Fold the BatchNorm into fc1 and the layer scale into fc2 (exact in eval mode)."""
+    def fuse(self, onednn: bool = False) -> None:
+        """Fold the BatchNorm into fc1 and the layer scale into fc2 (exact in eval mode); with
+        ``onednn``, CPU inference runs the MLP as two fused oneDNN convolutions."""
         if isinstance(self.norm, nn.BatchNorm2d):
             fold_bn_into_following_conv(self.norm, self.mlp.fc1)
             self.norm = nn.Identity()
@@ -130,6 +143,7 @@ class MetaNeXtBlock(nn.Module):
             fold_scale_into_conv(self.mlp.fc2, self.gamma.detach())
             self.gamma = None
         self.fused = True
+        self.onednn = onednn
 
     def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
         """The fused block with fc1 + GELU and fc2 + shortcut each one oneDNN convolution.
@@ -367,11 +381,12 @@ class InceptionNeXt(BaseModule):
         return self
 
     @torch.no_grad()
-    def fuse(self) -> InceptionNeXt:
+    def fuse(self, onednn: bool | None = None) -> InceptionNeXt:
         """Fold BatchNorms and layer scales into convolutions for inference (same outputs).
 
-        On the CPU, fused blocks run fc1 + GELU and fc2 + shortcut as single oneDNN convolutions
-        in fp32 inference (in channels-last memory format there by default, the fastest layout).
+        Args:
+            onednn: Run each block's fc1 + GELU and fc2 + shortcut as single oneDNN convolutions
+                in fp32 CPU inference. None: where they measured faster (``onednn_mlp_wins()``).
         """
         if self.training:
             raise RuntimeError('InceptionNeXt.fuse() folds BatchNorm statistics: call model.eval() '
@@ -383,7 +398,7 @@ class InceptionNeXt(BaseModule):
                 fold_bn_into_following_conv(stage.downsample[0], stage.downsample[1])
                 stage.downsample = nn.Sequential(stage.downsample[1])
             for block in stage.blocks:
-                block.fuse()
+                block.fuse(onednn=onednn_mlp_wins() if onednn is None else onednn)
         return self
 
     def get_layer_depth(self, param_name: str, prefix: str = '') -> tuple[int, int]:

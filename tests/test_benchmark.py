@@ -151,7 +151,7 @@ def test_fused_equals_unfused_in_every_memory_format(arch, monkeypatch):
     x = torch.randn(2, 3, 64, 96) if arch == 'atto' else torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-    fused = copy.deepcopy(model).fuse()
+    fused = copy.deepcopy(model).fuse(onednn=True)
     fast_calls = []
     original = MetaNeXtBlock._forward_onednn
     monkeypatch.setattr(MetaNeXtBlock, '_forward_onednn',

@@ -1,6 +1,7 @@
 """Run a trained detector or segmentor on images and save the painted predictions as PNG files.
 
     python tools/infer.py CONFIG CHECKPOINT demo.jpg images/ [--out-dir DIR] [--deploy]
+    python tools/infer.py SEG_CONFIG MODEL.onnx demo.jpg --backend onnxruntime
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     parser.add_argument('--deploy', action='store_true', help='fold BatchNorms and layer scales '
                         'of the InceptionNeXt backbone for faster inference (same outputs)')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
+                        help='onnxruntime: CHECKPOINT is a segmentor .onnx file written by '
+                        'tools/export.py, which computes the network (CPU)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detectors: draw boxes and masks scoring at least this')
     parser.add_argument('--trust-checkpoint', action='store_true',
@@ -127,8 +131,17 @@ def main() -> None:
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
     model, visualizer = build(cfg, task, device)
-    checkpoint, state = fit_model_checkpoint(model, args.checkpoint, args.trust_checkpoint)
-    model.load_state_dict(state, strict=False)
+    if args.backend == 'onnxruntime':
+        if args.deploy or device != 'cpu':
+            raise ConfigError('--backend onnxruntime runs on the CPU, as exported: drop --deploy '
+                              'and --device')
+        from backbones.onnx_runtime import run_segmentor_in_onnx_runtime
+        network = run_segmentor_in_onnx_runtime(model, args.checkpoint)
+        checkpoint = {'meta': network.metadata}
+    else:
+        checkpoint, state = fit_model_checkpoint(model, args.checkpoint,
+                                                 args.trust_checkpoint)
+        model.load_state_dict(state, strict=False)
     meta = dataset_meta(cfg, checkpoint, task)
     if meta:
         model.dataset_meta = meta

@@ -1,6 +1,7 @@
 """Evaluate a trained detector or segmentor (the upstream tools/test.py flags).
 
     python tools/test.py CONFIG CHECKPOINT [--tta] [--out PATH] [--show-dir DIR] [--deploy]
+    python tools/test.py SEG_CONFIG MODEL.onnx --backend onnxruntime   # a tools/export.py file
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def parse_args() -> argparse.Namespace:
                         help='read CHECKPOINT with pickle, which can run code stored in it: only '
                         'for files you trust (default: refuse any file that holds more than '
                         'tensors and plain types)')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
+                        help='onnxruntime: CHECKPOINT is a segmentor .onnx file written by '
+                        'tools/export.py, which computes the network (default: pytorch)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -68,7 +72,11 @@ def main() -> None:
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
     cfg.launcher = args.launcher
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
-    cfg.load_from = args.checkpoint
+    onnx = args.backend == 'onnxruntime'
+    if onnx and (args.deploy or args.amp):
+        raise ConfigError('--deploy and --amp are PyTorch options; an .onnx file is run as '
+                          'exported (see tools/export.py --quantize for int8)')
+    cfg.load_from = None if onnx else args.checkpoint
     adapt_to_device(cfg, args.launcher, amp=False)
     if args.amp:
         cfg.test_cfg = {**cfg.get('test_cfg', {}), 'fp16': True}
@@ -92,8 +100,11 @@ def main() -> None:
     add_safety_hooks(cfg, [args.checkpoint] if args.trust_checkpoint else [])
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    # one-line errors, not a silent misfit
-    fit_model_checkpoint(runner.model, args.checkpoint, trusted=args.trust_checkpoint)
+    if onnx:
+        from backbones.onnx_runtime import run_segmentor_in_onnx_runtime
+        run_segmentor_in_onnx_runtime(runner.model, args.checkpoint)
+    else:  # one-line errors, not a silent misfit
+        fit_model_checkpoint(runner.model, args.checkpoint, trusted=args.trust_checkpoint)
     if args.amp:
         cpu_bf16_ops.float32_predictions(runner.model)
     with readable_data_errors(cfg), cpu_bf16_ops.float32_mmcv_ops(args.amp):

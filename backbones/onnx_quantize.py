@@ -1,0 +1,90 @@
+"""Static int8 quantization of an exported segmentor with ONNX Runtime.
+
+The activation ranges come from real images passed through the config's own test pipeline and
+data preprocessor, so calibration sees exactly what evaluation will feed the file.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def calibration_images(folder: str, num: int) -> list[str]:
+    """``num`` images spread evenly over the sorted image files of ``folder`` (recursive)."""
+    if not osp.isdir(folder):
+        raise DataError(f'--calib-data {folder}: not a directory (give the training images, e.g. '
+                        'data/ade/ADEChallengeData2016/images/training)')
+    files = sorted(osp.join(root, name) for root, _, names in os.walk(folder) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise DataError(f'--calib-data {folder}: no images ({", ".join(IMAGE_EXTENSIONS)})')
+    if num < 1:
+        raise DataError(f'--calib-num must be at least 1, got {num}')
+    picks = np.linspace(0, len(files) - 1, min(num, len(files))).round().astype(int)
+    return [files[i] for i in dict.fromkeys(picks)]
+
+
+def calibration_inputs(cfg: Config, data_preprocessor: nn.Module,
+                       images: list[str]) -> list[np.ndarray]:
+    """Each image through the config's test pipeline (without annotations) and the model's data
+    preprocessor: normalised 1x3xHxW float32 arrays, as the exported file takes them."""
+    from mmengine.dataset import Compose
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    steps = [dict(step) for step in cfg.test_dataloader.dataset.pipeline
+             if 'Annotations' not in step['type']]
+    pipeline = Compose(steps)
+    arrays = []
+    for path in images:
+        try:
+            data = pipeline(dict(img_path=path))
+        except Exception as e:  # noqa: BLE001  (an undecodable file is bad input)
+            raise DataError(f'cannot read calibration image {path}: {e}') from None
+        with torch.no_grad():
+            batch = data_preprocessor(dict(inputs=[data['inputs']],
+                                           data_samples=[data['data_samples']]), False)
+        arrays.append(batch['inputs'].float().numpy())
+    return arrays
+
+
+def quantize_int8(fp32_path: str, int8_path: str, inputs: list[np.ndarray]) -> None:
+    """Write ``int8_path``: the convolutions of ``fp32_path`` with int8 weights (per output
+    channel) and int8 inputs (QDQ format, min/max ranges over ``inputs``).
+
+    Only convolutions, which hold nearly all of the arithmetic; the norms, GELUs, resizes and
+    additions between them stay float32 (less rounding, and none of them is a matmul).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(inputs)
+
+        def get_next(self) -> dict | None:
+            image = next(self.left, None)
+            return None if image is None else {'image': image}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = osp.join(tmp, 'prepared.onnx')
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, int8_path, Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=['Conv'])

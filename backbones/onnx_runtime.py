@@ -1,0 +1,102 @@
+"""An exported segmentor run by ONNX Runtime inside mmseg's own inference.
+
+``tools/test.py`` and ``tools/infer.py`` (``--backend onnxruntime``) build the segmentor from the
+config as usual and hand its network to the ``.onnx`` file: the data preprocessor, sliding windows,
+test-time augmentation, the resize to the original image and the arg-max stay mmseg's, so a
+metric computed this way measures the exported network and nothing else.
+"""
+from __future__ import annotations
+
+import os.path as osp
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError
+from .onnx_export import read_metadata
+
+
+class _InOnnxFile(nn.Module):
+    """Stands in for a module whose computation the ONNX file holds; calling it is a bug."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f'{self.name} runs in ONNX Runtime; its PyTorch weights were dropped')
+
+
+class OnnxNetwork:
+    """An ONNX Runtime session on a file written by ``tools/export.py``.
+
+    Args:
+        path: The ``.onnx`` file.
+        threads: Intra-op threads (None: ONNX Runtime's default, one per physical core).
+    """
+
+    def __init__(self, path: str, threads: int | None = None):
+        import onnxruntime as ort
+        if not osp.isfile(path):
+            raise CheckpointError(f'ONNX file not found: {path}')
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        except Exception as e:  # noqa: BLE001  (any loader failure is a bad input file)
+            raise CheckpointError(
+                f'cannot load {path} in ONNX Runtime: {str(e).strip().splitlines()[0][:200]} '
+                '(expected an .onnx file written by tools/export.py)') from None
+        self.path = path
+        self.metadata = read_metadata(self.session)
+        self.kind = self.metadata.get('kind')
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
+        array = np.ascontiguousarray(image.detach().float().cpu().numpy())
+        outputs = self.session.run(None, {self.input_name: array})
+        return [torch.from_numpy(out).to(image.device) for out in outputs]
+
+
+def run_segmentor_in_onnx_runtime(model: nn.Module, path: str,
+                                  threads: int | None = None) -> OnnxNetwork:
+    """Let ``model`` (an mmseg segmentor built from the config, or a wrapper of one) compute its
+    backbone, neck and decode head with the exported file ``path``.
+
+    The file must be a segmentor export whose normalisation and class count match the config;
+    otherwise ``CheckpointError``. The replaced PyTorch modules are dropped so that nothing can
+    silently run on their untrained weights.
+    """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    network = OnnxNetwork(path, threads)
+    if network.kind != 'segmentor':
+        what = f"a '{network.kind}' export" if network.kind else 'not written by tools/export.py'
+        raise CheckpointError(f'{path} is {what}; --backend onnxruntime evaluates whole '
+                              'segmentors (tools/export.py SEG_CONFIG CHECKPOINT OUT.onnx)')
+    if not hasattr(model, 'encode_decode') or not hasattr(model, 'decode_head'):
+        raise CheckpointError(f'{path} is a segmentor export but the config builds '
+                              f'{type(model).__name__}, not an mmseg segmentor')
+    preprocessor = model.data_preprocessor
+    ours = dict(mean=preprocessor.mean.flatten().tolist(), std=preprocessor.std.flatten().tolist())
+    for key, value in ours.items():
+        if not np.allclose(value, network.metadata.get(key, []), rtol=1e-6):
+            raise CheckpointError(f'{path} was exported with {key}={network.metadata.get(key)} '
+                                  f'but the config normalises with {value}')
+    classes = network.session.get_outputs()[0].shape[1]
+    if classes != model.decode_head.out_channels:
+        raise CheckpointError(f'{path} predicts {classes} classes but the config\'s decode head '
+                              f'{model.decode_head.out_channels}; export with this config')
+
+    def encode_decode(inputs: torch.Tensor, batch_img_metas: list[dict]) -> torch.Tensor:
+        logits = network(inputs)[0]  # already at the input's size, as whole inference makes it
+        return model.decode_head.predict_by_feat(logits, batch_img_metas)
+
+    model.encode_decode = encode_decode
+    model.backbone = _InOnnxFile('backbone')
+    if getattr(model, 'neck', None) is not None:
+        model.neck = _InOnnxFile('neck')
+    return network

@@ -1,0 +1,199 @@
+"""Export a trained segmentor, a detector's backbone + FPN, or the backbone alone to ONNX.
+
+    python tools/export.py CONFIG CHECKPOINT OUT.onnx [--part segmentor|features|backbone]
+        [--check-shapes 512x512 480x640] [--quantize int8 --calib-data DIR --calib-num N]
+
+The file takes ``image``: float32 NCHW, any batch, height and width, normalised as the config's
+data preprocessor does it (channel order, mean and std are in the file's metadata). Segmentors
+give ``seg_logits`` (class scores at the input's size); detectors and backbones give their maps
+``feat0``, ``feat1``, ... Before the file is kept, ONNX Runtime runs it on random images of two
+sizes and its outputs are compared with PyTorch's (relative error < 1e-4), else ``error: ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import os.path as osp
+import re
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.model import revert_sync_batchnorm
+
+from backbones.checkpoint import fit_model_checkpoint, load_pretrained
+from backbones.cli import load_config, one_line_errors, task_of
+from backbones.errors import ConfigError, UserError
+from backbones.onnx_export import (
+    BackboneFeatures,
+    DetectorFeatures,
+    SegmentorLogits,
+    check_against_pytorch,
+    export_onnx,
+    export_part,
+    relative_error,
+)
+
+DEFAULT_CHECKS = ('1x512x512', '2x480x640')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Export a model to ONNX (dynamic batch and size)')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint of the whole model (from training); for '
+                        '--part backbone an ImageNet backbone checkpoint also works')
+    parser.add_argument('out', help='the .onnx file to write')
+    parser.add_argument('--part', choices=['segmentor', 'features', 'backbone'],
+                        help='segmentor (default for mmseg configs): image -> class scores; '
+                        'features (default for mmdet configs): image -> backbone + FPN maps; '
+                        'backbone: image -> backbone maps')
+    parser.add_argument('--check-shapes', nargs=2, default=list(DEFAULT_CHECKS),
+                        metavar='[Bx]HxW', help='the two input sizes at which ONNX Runtime is '
+                        f'compared with PyTorch (default: {" ".join(DEFAULT_CHECKS)})')
+    parser.add_argument('--quantize', choices=['int8'], help='also write OUT with .int8.onnx: '
+                        'ONNX Runtime static quantization (segmentors)')
+    parser.add_argument('--calib-data', help='--quantize: folder of training images')
+    parser.add_argument('--calib-num', type=int, default=32,
+                        help='--quantize: calibration images (default: 32)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
+    return parser.parse_args()
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'480x640' or '2x480x640' -> (batch, height, width)."""
+    m = re.fullmatch(r'(?:(\d+)x)?(\d+)x(\d+)', text)
+    if not m or min(int(v) for v in m.groups(default='1')) < 1:
+        raise ConfigError(f'--check-shapes {text}: expected HxW or BxHxW, e.g. 2x480x640')
+    batch, height, width = (int(v) for v in m.groups(default='1'))
+    if min(height, width) < 32:
+        raise ConfigError(f'--check-shapes {text}: height and width must be at least 32')
+    return batch, height, width
+
+
+def check_out_path(out: str, inputs: list[str]) -> None:
+    """Refuse a folder, or a path that would overwrite one of the inputs."""
+    if osp.isdir(out):
+        raise UserError(f'{out} is a directory; give the file to write, e.g. {out}/model.onnx')
+    for path in inputs:
+        if path and osp.exists(out) and osp.exists(path) and osp.samefile(out, path):
+            raise UserError(f'{out} is the input {path}; give another output file')
+    if not out.endswith('.onnx'):
+        raise UserError(f'{out}: the output file must end in .onnx')
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The config's model with no pretrained weights (they come from the checkpoint)."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.default_scope)
+    cfg.model.pop('pretrained', None)
+    if isinstance(cfg.model.get('backbone'), dict):
+        cfg.model.backbone.init_cfg = None
+    cfg.model.pop('init_cfg', None)
+    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+
+
+def metadata(cfg: Config, model: torch.nn.Module, kind: str, checkpoint: dict | None) -> dict:
+    """What a user of the file needs: the input normalisation, and what the outputs are."""
+    pre = model.data_preprocessor
+    meta = dict(kind=kind, config=osp.basename(cfg.filename),
+                mean=pre.mean.flatten().tolist(), std=pre.std.flatten().tolist(),
+                bgr_to_rgb=bool(getattr(pre, 'channel_conversion', False)),
+                input='float32 NCHW: (image - mean) / std, channels in RGB order if bgr_to_rgb '
+                      '(of a BGR image as loaded by mmcv), else as loaded')
+    if kind == 'segmentor':
+        meta['output'] = 'seg_logits: class scores at the input size; argmax over dim 1'
+        meta['num_classes'] = int(model.decode_head.out_channels)
+    else:
+        meta['output'] = 'feat0, feat1, ...: NCHW feature maps, strides ascending'
+    if kind == 'features':
+        meta['pad_size_divisor'] = int(getattr(pre, 'pad_size_divisor', 1))
+    dataset_meta = (checkpoint or {}).get('meta', {}).get('dataset_meta')
+    if isinstance(dataset_meta, dict):  # class names and palette, for tools/infer.py
+        meta['dataset_meta'] = {k.lower(): v for k, v in dataset_meta.items()}
+    return meta
+
+
+def reference(model: torch.nn.Module, kind: str) -> torch.nn.Module:
+    """The unmodified PyTorch model seen through the same interface as the exported part."""
+    wrap = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
+            'backbone': BackboneFeatures}[kind]
+    return wrap(model if kind != 'backbone' else model.backbone).eval()
+
+
+def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32: str,
+             ref: torch.nn.Module, shapes: list[tuple[int, int, int]]) -> str:
+    """Write and try the int8 file; report how far it is from PyTorch (no tolerance: int8 is
+    judged by its metric, tools/test.py --backend onnxruntime)."""
+    import onnxruntime as ort
+
+    from backbones.onnx_quantize import calibration_images, calibration_inputs, quantize_int8
+    images = calibration_images(args.calib_data, args.calib_num)
+    inputs = calibration_inputs(cfg, model.data_preprocessor, images)
+    int8 = fp32[:-len('.onnx')] + '.int8.onnx'
+    tmp = int8 + '.tmp'
+    try:
+        quantize_int8(fp32, tmp, inputs)
+        session = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
+        generator = torch.Generator().manual_seed(0)
+        for batch, height, width in shapes:
+            image = torch.randn(batch, 3, height, width, generator=generator)
+            out = session.run(None, {'image': image.numpy()})[0]
+            with torch.no_grad():
+                want = ref(image).numpy()
+            agree = (out.argmax(1) == want.argmax(1)).mean() * 100
+            print(f'int8 at {batch}x3x{height}x{width}: relative error '
+                  f'{relative_error(out, want):.2e}, arg-max agreement with PyTorch '
+                  f'{agree:.1f}% (random input)')
+        os.replace(tmp, int8)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    print(f'int8 file: {int8} (calibrated on {len(images)} images of {args.calib_data})')
+    return int8
+
+
+@one_line_errors
+def main() -> None:
+    args = parse_args()
+    check_out_path(args.out, [args.config, args.checkpoint])
+    shapes = [parse_shape(s) for s in args.check_shapes]
+    cfg = load_config(args.config, args.cfg_options)
+    task = task_of(cfg)
+    kind = args.part or ('segmentor' if task == 'seg' else 'features')
+    if kind == 'segmentor' and task != 'seg' or kind == 'features' and task != 'det':
+        raise ConfigError(f'--part {kind} needs an {"mmseg" if kind == "segmentor" else "mmdet"} '
+                          f'config; {args.config} is an {cfg.default_scope} one')
+    if args.quantize and (kind != 'segmentor' or not args.calib_data):
+        raise ConfigError('--quantize int8 quantizes segmentors and needs --calib-data DIR')
+    model = build_model(cfg)
+    checkpoint = None
+    if kind == 'backbone':
+        load_pretrained(model.backbone, args.checkpoint)
+    else:
+        checkpoint, state = fit_model_checkpoint(model, args.checkpoint)
+        model.load_state_dict(state, strict=False)
+    ref = reference(model, kind)
+    part = export_part(copy.deepcopy(model if kind != 'backbone' else model.backbone), kind)
+    out_dir = osp.dirname(osp.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = args.out + '.tmp'
+    try:
+        batch, height, width = shapes[0]
+        export_onnx(part, torch.randn(max(batch, 2), 3, height, width), tmp,
+                    metadata(cfg, model, kind, checkpoint))
+        errors = check_against_pytorch(tmp, ref, shapes, name=args.out)
+        os.replace(tmp, args.out)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    for (b, h, w), err in zip(shapes, errors):
+        print(f'ONNX Runtime vs PyTorch at {b}x3x{h}x{w}: relative error {err:.1e}')
+    print(f'exported {kind} of {args.config} to {args.out} '
+          f'({osp.getsize(args.out) / 2**20:.1f} MiB, dynamic batch, height and width)')
+    if args.quantize:
+        quantize(args, cfg, model, args.out, ref, shapes)
+
+
+if __name__ == '__main__':
+    main()
