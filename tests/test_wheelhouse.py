@@ -75,6 +75,13 @@ def test_target_packages_are_skipped_only_in_accepted_versions(wh):
     assert {'numpy', 'setuptools'} <= set(plan['needed'])  # scipy needs >= 1.25.2; root < 82
     assert 'opencv-python' not in plan['needed']
     assert plan['shims'] == {'opencv-python': ('4.12.0.88', 'opencv-python-headless==4.12.0.88')}
+    kept = wh['select'](REPORT, ROOTS, {'torch', 'torchvision'}, {'setuptools': None},
+                        keep={'setuptools'})
+    assert 'setuptools' in kept['needed'] and kept['skipped'] == []
+    unknown = wh['select'](REPORT, ROOTS, {'torch'}, {'opencv-python-headless': None,
+                                                       'torch': '2.11.0'})
+    assert unknown['shims'] == {'opencv-python': ('5.0.0.93', 'opencv-python-headless')}
+    assert unknown['skipped'] == [] and unknown['excluded'] == ['torch']
 
 
 def test_shim_wheel_installs_as_its_requirement(wh, tmp_path):

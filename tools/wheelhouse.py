@@ -81,10 +81,11 @@ def _edges(item: dict, extras: set[str], env: dict) -> list[tuple[str, Specifier
 
 
 def select(report: dict, roots: list[str], exclude: set[str],
-           target: dict[str, str | None]) -> dict:
+           target: dict[str, str | None], keep: set[str] = frozenset()) -> dict:
     """What to download for a target: ``needed`` {name: version}, ``skipped`` (the target has
     them), ``excluded`` (reached but never downloaded), ``shims`` {name: (version, requires)},
-    ``local`` (requested by path, e.g. the project: built, not downloaded)."""
+    ``local`` (requested by path, e.g. the project: built, not downloaded). ``keep``: included
+    even if the target has them (build tools, whose target version may be unknown)."""
     items = {canonicalize_name(i['metadata']['name']): i for i in report['install']}
     env = report['environment']
     exclude = {canonicalize_name(n) for n in exclude}
@@ -121,7 +122,9 @@ def select(report: dict, roots: list[str], exclude: set[str],
     missing = sorted(n for n in everything if n not in items and n not in exclude)
     if missing:
         raise SystemExit(f'error: the report lacks {", ".join(missing)}: resolve again')
-    have = {n for n in everything if n in target and _accepts(target[n], specs.get(n, []))}
+    keep = {canonicalize_name(n) for n in keep}
+    have = {n for n in everything if n in target and n not in keep | exclude
+            and _accepts(target[n], specs.get(n, []))}
     reached = walk(exclude | have)
     needed, shims, local = {}, {}, []
     for name in reached:
@@ -131,8 +134,9 @@ def select(report: dict, roots: list[str], exclude: set[str],
             local.append(name)
             continue
         headless = HEADLESS.get(name)
-        if headless and target.get(headless) and headless not in reached:
-            shims[name] = (target[headless], f'{headless}=={target[headless]}')
+        if headless in target and headless not in reached:  # its version, if known, labels it
+            version = target[headless] or items[name]['metadata']['version']
+            shims[name] = (version, f'{headless}=={version}' if target[headless] else headless)
             continue
         needed[name] = items[name]['metadata']['version']
     return dict(needed=needed, skipped=sorted(have & set(reached)),
@@ -191,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     sel.add_argument('--roots', nargs='*', default=[], help='the named requirements given to pip')
     sel.add_argument('--exclude', default='torch,torchvision')
     sel.add_argument('--target', help='pip freeze of the target environment')
+    sel.add_argument('--keep', default='', help='names included even if the target has them')
     sel.add_argument('--out', required=True, help='file for the name==version lines')
     sel.add_argument('--shims', help='folder for the stand-in wheels')
     inst = sub.add_parser('installs', help='names of the packages a report installs')
@@ -206,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         print('\n'.join(i['metadata']['name'] for i in report['install']))
         return
     target = parse_freeze(Path(args.target).read_text().splitlines()) if args.target else {}
-    plan = select(report, args.roots, {n for n in args.exclude.split(',') if n}, target)
+    plan = select(report, args.roots, {n for n in args.exclude.split(',') if n}, target,
+                  {n for n in args.keep.split(',') if n})
     Path(args.out).write_text(''.join(f'{n}=={v}\n' for n, v in sorted(plan['needed'].items())))
     for name, (version, requires) in plan['shims'].items():
         if not args.shims:

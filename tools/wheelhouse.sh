@@ -32,7 +32,8 @@ say() { echo "[wheelhouse] $*" >&2; }
 die() { echo "[wheelhouse] error: $*" >&2; exit 1; }
 quiet() { grep -v "^WARNING: Location '.*' is ignored" >&2 || true; }  # local index noise
 
-command -v "$PY" >/dev/null || die "PYTHON=$PY is not an interpreter; give the target's Python version, e.g. PYTHON=python3.12"
+command -v "$PY" >/dev/null \
+  || die "no interpreter $PY: run make setup, or give the target's Python, e.g. PYTHON=python3.12"
 "$PY" -m pip --version >/dev/null 2>&1 || die "$PY has no pip; run $PY -m ensurepip first"
 [ -n "$TORCH" ] || die "no torch version: give TORCH=..., or a LOCK that pins torch"
 [ "$MMCV" = auto ] || [ "$MMCV" = sdist ] || die "MMCV=$MMCV: use auto or sdist"
@@ -45,8 +46,10 @@ rm -rf "$OUT"/*.whl "$OUT/mmcv"
 mkdir -p "$OUT/mmcv"
 
 # 1. mmcv: the sdist always; a wheel too where PYTHON has the target's torch to build against.
-"$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
-  "mmcv==$MMCV_VERSION" -d "$OUT/mmcv" 2> >(quiet)
+# pip reads the sdist's metadata in an isolated build: its setup.py needs setuptools < 82.
+echo "setuptools<82" > "$work/build-constraints.txt"
+PIP_CONSTRAINT="$work/build-constraints.txt" "$PY" -m pip download --disable-pip-version-check -q \
+  --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$OUT/mmcv" 2> >(quiet)
 mmcv_req="$OUT/mmcv/mmcv-$MMCV_VERSION.tar.gz"
 here_torch=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
 if [ "$MMCV" = auto ] && [ "$here_torch" = "$TORCH" ]; then
@@ -76,7 +79,8 @@ say "resolving for $py_tag with pip (a dry run: nothing is installed)"
 exclude=torch,torchvision
 [ "${WITH_TORCH:-0}" = 1 ] && exclude=
 "$PY" "$ROOT/tools/wheelhouse.py" select "$work/report.json" --roots "${roots[@]}" \
-  --exclude "$exclude" ${TARGET:+--target "$TARGET"} --out "$work/needed.txt" --shims "$OUT"
+  --exclude "$exclude" --keep setuptools,wheel,ninja,psutil ${TARGET:+--target "$TARGET"} \
+  --out "$work/needed.txt" --shims "$OUT"
 if [ -s "$work/needed.txt" ]; then
   "$PY" -m pip wheel --disable-pip-version-check -q --no-deps -w "$OUT" -r "$work/needed.txt" \
     2> >(quiet) >/dev/null || die "pip could not fetch the wheels listed above"

@@ -33,5 +33,8 @@ t_torch=$((SECONDS - start))
 bash "$ROOT/tools/wheelhouse_install.sh" "$venv" "$WH"
 t_install=$((SECONDS - start - t_torch))
 say "fast tests in the new environment"
-(cd "$ROOT" && "$venv/bin/python" -m pytest tests -q -m "not slow" -p no:cacheprovider)
-say "done: torch ${t_torch}s, install from the wheelhouse ${t_install}s, tests $((SECONDS - start - t_torch - t_install))s"
+status=0
+(cd "$ROOT" && "$venv/bin/python" -m pytest tests -q -m "not slow" -p no:cacheprovider) || status=$?
+say "torch ${t_torch} s, install from the wheelhouse ${t_install} s, tests" \
+  "$((SECONDS - start - t_torch - t_install)) s; pytest exit status $status"
+exit "$status"
