@@ -58,7 +58,7 @@ def plan(device: str) -> list[tuple[str, list[str]]]:
             for old, new in CPU_SIZES.items():
                 args = args.replace(old, new)
             memory = name == 'upernet-512-fp32'
-            args += ' --warmup 0 --threads 2'
+            args += ' --warmup 0 --threads 1'  # one thread: no OpenMP waits on a shared CPU
         runs.append((name, [*args.split(), *([] if memory else ['--no-memory'])]))
     return runs
 
