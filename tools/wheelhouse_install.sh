@@ -33,8 +33,14 @@ offline_pip() {
 
 ls "$WH"/*.whl >/dev/null 2>&1 || die "$WH holds no wheels; make it with make wheelhouse"
 if [ ! -x "$VPY" ]; then
-  say "creating $VENV${SYSTEM_SITE:+ (with the system site packages)}"
+  say "creating $VENV${SYSTEM_SITE:+ (seeing the packages of ${PYTHON:-python3})}"
   "${PYTHON:-python3}" -m venv ${SYSTEM_SITE:+--system-site-packages} "$VENV"
+  if [ -n "${SYSTEM_SITE:-}" ]; then
+    # --system-site-packages shows the base installation's packages only; where PYTHON is itself
+    # in a virtual environment (torch often is), its site folders are added by a .pth file.
+    "${PYTHON:-python3}" -c 'import site; print("\n".join(site.getsitepackages()))' \
+      > "$("$VPY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/parent-site.pth"
+  fi
 fi
 if ! "$VPY" -c 'import torch' 2>/dev/null; then
   ls "$WH"/torch-*.whl >/dev/null 2>&1 \
