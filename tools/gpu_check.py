@@ -83,10 +83,10 @@ def run_plan(device: str, out: Path, budget: float) -> list[dict]:
                 ok = proc.returncode == 0
                 tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
                 record.update(status='ok' if ok else 'failed', detail='' if ok else tail)
+                (out / f'{name}.log').write_text(proc.stdout + proc.stderr)
             except subprocess.TimeoutExpired:
                 record.update(status='stopped', detail='stopped at the end of the budget')
             record['seconds'] = round(time.monotonic() - start, 1)
-            (out / f'{name}.log').write_text(record['detail'] or 'ok\n')
         records.append(record)
     return records
 
