@@ -37,7 +37,8 @@ command -v "$PY" >/dev/null \
 "$PY" -m pip --version >/dev/null 2>&1 || die "$PY has no pip; run $PY -m ensurepip first"
 [ -n "$TORCH" ] || die "no torch version: give TORCH=..., or a LOCK that pins torch"
 [ "$MMCV" = auto ] || [ "$MMCV" = sdist ] || die "MMCV=$MMCV: use auto or sdist"
-[ -z "${TARGET:-}" ] || [ -f "$TARGET" ] || die "TARGET=$TARGET does not exist (make it with pip list --format=freeze on the target)"
+[ -z "${TARGET:-}" ] || [ -f "$TARGET" ] \
+  || die "TARGET=$TARGET does not exist (make it with pip list --format=freeze on the target)"
 py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -67,7 +68,7 @@ grep -viE '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==' "$LO
   > "$work/constraints.txt"
 echo "torch==$TORCH" >> "$work/constraints.txt"
 [ -z "${TORCHVISION:-}" ] || echo "torchvision==$TORCHVISION" >> "$work/constraints.txt"
-mapfile -t roots < <(LOCK="$LOCK" "$PY" "$ROOT/tools/wheelhouse.py" requires "$mmcv_req")
+mapfile -t roots < <("$PY" "$ROOT/tools/wheelhouse.py" requires "$mmcv_req")
 roots+=("${BUILD_TOOLS[@]}")
 say "resolving for $py_tag with pip (a dry run: nothing is installed)"
 "$PY" -m pip install --disable-pip-version-check -q --dry-run --ignore-installed \
@@ -87,9 +88,12 @@ if [ -s "$work/needed.txt" ]; then
 fi
 "$PY" -m pip wheel --disable-pip-version-check -q --no-deps -w "$OUT" "$ROOT" 2> >(quiet) >/dev/null
 count=$(ls "$OUT"/*.whl | wc -l)
+torch_note="not included: the target's own is kept"
+[ "${WITH_TORCH:-0}" = 1 ] && torch_note=included
 cat > "$OUT/WHEELHOUSE.txt" <<EOF
-Wheels for $py_tag ($("$PY" -c 'import platform; print(platform.machine())')), torch $TORCH $([ "${WITH_TORCH:-0}" = 1 ] && echo included || echo "not included: the target's own is kept"), made $(date -u +%Y-%m-%d) by tools/wheelhouse.sh${TARGET:+ for the target freeze $(basename "$TARGET")}.
+Wheels for $py_tag ($(uname -m)), made $(date -u +%Y-%m-%d) by tools/wheelhouse.sh${TARGET:+ for $(basename "$TARGET")}.
+torch $TORCH: $torch_note
 $mmcv_note
-Install (no index): bash tools/wheelhouse_install.sh VENV $(basename "$OUT")
+Install with no index: bash tools/wheelhouse_install.sh VENV $(basename "$OUT")
 EOF
 say "$count wheels, $(du -sh "$OUT" | cut -f1) in $OUT; $mmcv_note"
