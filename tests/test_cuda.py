@@ -9,7 +9,6 @@ TF32 is switched off so that float32 results can be compared with tight toleranc
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -54,7 +53,8 @@ def test_parity_with_timm(device, arch, channels_last):
     torch.manual_seed(1)
     ref = randomize_(create_timm_inception_next(arch), seed=1).eval().to(device)
     model = InceptionNeXt(arch, out_norm_cfg=None, channels_last=channels_last).eval()
-    model.load_state_dict(ref.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
+    assert missing == [] and all(k.startswith('head.') for k in unexpected)
     model.to(device)
     x = torch.randn(2, 3, 64, 96, device=device)
     with torch.no_grad():
@@ -136,16 +136,15 @@ def test_two_process_nccl_training(device, tmp_path, tiny_data):
     and both end with the same weights (the backbone's BatchNorm statistics stay per rank)."""
     if device.type != 'cuda' or torch.cuda.device_count() < 2:
         pytest.skip(f'needs 2 CUDA devices; this machine has {torch.cuda.device_count()}')
-    from test_distributed import probe_config
+    from test_distributed import free_port, probe_config
     cfg, args, env = probe_config(tmp_path, tiny_data)
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    result = run_tool('-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
-                      'tools/train.py', cfg, '--launcher', 'pytorch', *args, env=env)
+    result = run_tool('-m', 'torch.distributed.run', '--nproc_per_node=2',
+                      f'--master_port={free_port()}', 'tools/train.py', cfg, '--launcher',
+                      'pytorch', *args, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     work_dir = tmp_path / 'work'
     samples = [json.loads((work_dir / f'rank{r}_samples.json').read_text()) for r in (0, 1)]
+    assert len(samples[0]) == len(samples[1]) == 3
     assert all(not set(a) & set(b) for a, b in zip(*samples))
     states = [torch.load(work_dir / f'rank{r}_state.pth', map_location='cpu') for r in (0, 1)]
     for key, value in states[0].items():
