@@ -36,8 +36,10 @@ while [ $# -gt 0 ]; do
 done
 [ "$DEVICE" = cuda ] || [ "$DEVICE" = cpu ] || die "--device $DEVICE: use cuda or cpu"
 start=$SECONDS
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+absolute() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }  # the steps run in ROOT
+mkdir -p "$OUT" "$(dirname "$VENV")"
+OUT=$(absolute "$OUT") VENV=$(absolute "$VENV")
+rm -f "$OUT/tests.xml"
 say() { echo "[gpu-check] $* ($((SECONDS - start)) s)"; }
 
 if [ "$INSTALL" = 1 ]; then
@@ -51,6 +53,7 @@ if [ "$INSTALL" = 1 ]; then
   PY=$VENV/bin/python
 else
   PY=${PYTHON:-python3}
+  case $PY in */*) PY=$(absolute "$PY") ;; esac
 fi
 say "installed"
 "$PY" - "$DEVICE" <<'PY' || die "the environment is not usable for --device $DEVICE"
