@@ -4,7 +4,8 @@ COMPAT_PY := .venv-compat/bin/python
 # what `make test-compat` runs on the older stack: install, backbone, loading, configs, runs
 COMPAT_TESTS := tests/test_install.py tests/test_backbone.py tests/test_checkpoint.py \
 	tests/test_configs.py tests/test_guest.py tests/test_runner_e2e.py
-.PHONY: setup setup-compat test test-fast test-compat lint demo demo-det demo-data clean
+.PHONY: setup setup-compat test test-fast test-compat lint demo demo-det demo-data clean \
+	wheelhouse wheelhouse-check gpu-check gpu-check-dry
 
 setup:
 	bash tools/setup_env.sh
@@ -32,6 +33,20 @@ demo-det: setup
 
 demo-data: setup
 	$(PY) tools/make_demo_data.py
+
+# Air-gapped machines (README: "Wheelhouse and GPU check"). PYTHON, TORCH, TARGET, OUT, WITH_TORCH
+# and MMCV given to make reach tools/wheelhouse.sh.
+wheelhouse:
+	bash tools/wheelhouse.sh
+
+wheelhouse-check: wheelhouse
+	bash tools/wheelhouse_check.sh
+
+gpu-check:
+	bash tools/gpu_check.sh
+
+gpu-check-dry: setup
+	PYTHON=$(PY) bash tools/gpu_check.sh --device cpu --no-install --out work_dirs/gpu_check_cpu
 
 clean:
 	rm -rf work_dirs/* .pytest_cache .ruff_cache

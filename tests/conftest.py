@@ -15,6 +15,11 @@ from backbones.demo_data import make_ade20k, make_coco
 from backbones.fusion import randomize_bn_and_layer_scale_ as randomize_
 
 
+def pytest_addoption(parser):
+    parser.addoption('--device', default='cuda',
+                     help='device of tests/test_cuda.py (default cuda: they skip without it)')
+
+
 def _subclasses(cls: type) -> list[type]:
     return [cls] + [c for sub in cls.__subclasses__() for c in _subclasses(sub)]
 

@@ -54,6 +54,7 @@ import torch
 import torch.nn as nn
 
 from backbones.cli import one_line_errors
+from backbones.cpu_bf16_ops import float32_mmcv_ops
 from backbones.errors import ConfigError
 from backbones.fusion import randomize_bn_and_layer_scale_
 
@@ -430,8 +431,12 @@ def _check_outputs(cases: list[Case], image: torch.Tensor, family: str) -> None:
 def _autocast(opts: Options) -> contextlib.AbstractContextManager:
     if not opts.amp:
         return contextlib.nullcontext()
-    device = 'cuda' if opts.device.startswith('cuda') else 'cpu'
-    return torch.autocast(device, dtype=torch.float16 if device == 'cuda' else torch.bfloat16)
+    if opts.device.startswith('cuda'):
+        return torch.autocast('cuda', dtype=torch.float16)
+    stack = contextlib.ExitStack()  # mmcv's CPU nms and RoIAlign have float32 kernels only
+    stack.enter_context(float32_mmcv_ops())
+    stack.enter_context(torch.autocast('cpu', dtype=torch.bfloat16))
+    return stack
 
 
 def _sync(opts: Options) -> None:

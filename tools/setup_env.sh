@@ -71,37 +71,7 @@ pip_install -c "$LOCK" "setuptools<82" wheel ninja psutil
 
 # 3. mmcv with compiled ops, from the cache or built from source.
 if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
-  if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
-      && command -v nvcc >/dev/null || [ "${FORCE_CUDA:-0}" = 1 ]; then
-    flavour=cuda; export FORCE_CUDA=1
-  else
-    flavour=cpu
-  fi
-  torch_tag=$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')
-  py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-  wheel_dir="$CACHE/mmcv-$MMCV_VERSION-torch$torch_tag-$py_tag-$flavour"
-  wheel=$(ls "$wheel_dir"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
-  if [ -z "$wheel" ]; then
-    say "building mmcv $MMCV_VERSION with $flavour ops from source: this takes about 15 minutes on 2 cores"
-    build=$(mktemp -d)
-    trap 'rm -rf "$build"' EXIT
-    "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
-      "mmcv==$MMCV_VERSION" -d "$build" 2> >(quiet)
-    tar -xzf "$build"/mmcv-$MMCV_VERSION.tar.gz -C "$build"
-    # torch >= 2.6 headers need C++20; mmcv 2.1.0 hard-codes C++17 (open-mmlab/mmcv#3341).
-    if "$PY" -c 'import sys, torch; sys.exit(tuple(map(int, torch.__version__.split(".")[:2])) < (2, 6))'; then
-      sed -i 's/-std=c++17/-std=c++20/g' "$build/mmcv-$MMCV_VERSION/setup.py"
-    fi
-    (cd "$build/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-g0" \
-      "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps . -w "$build/dist")
-    mkdir -p "$wheel_dir"
-    cp "$build"/dist/mmcv-*.whl "$wheel_dir/.tmp.whl"
-    wheel="$wheel_dir/$(basename "$build"/dist/mmcv-*.whl)"
-    mv "$wheel_dir/.tmp.whl" "$wheel"
-    say "cached the mmcv wheel at $wheel"
-  else
-    say "installing mmcv from the cached wheel $wheel"
-  fi
+  wheel=$(LOCK="$LOCK" INCEPTIONNEXT_CACHE="$CACHE" bash "$ROOT/tools/mmcv_wheel.sh" "$PY")
   pip_install --force-reinstall --no-deps "$wheel"
   pip_install -c "$LOCK" "mmcv==$MMCV_VERSION" # its pure-Python dependencies
 fi

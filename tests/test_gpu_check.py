@@ -1,0 +1,42 @@
+"""tools/gpu_check.sh as a CPU dry run: the same steps at tiny sizes, one summary table and JSON."""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow
+ONE_TEST = 'tests/test_cuda.py::test_channels_last_input_gives_channels_last_maps'
+
+
+def test_cpu_dry_run_writes_the_summary(tmp_path):
+    out = tmp_path / 'check'
+    result = subprocess.run(
+        ['bash', 'tools/gpu_check.sh', '--device', 'cpu', '--no-install', '--tests', ONE_TEST,
+         '--out', str(out), '--budget', '900'], cwd=ROOT, capture_output=True, text=True,
+        timeout=1200, env={**os.environ, 'PYTHON': sys.executable, 'OMP_NUM_THREADS': '2'})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    plan = runpy.run_path(str(ROOT / 'tools' / 'gpu_check.py'))['plan']('cpu')
+    data = json.loads((out / 'summary.json').read_text())
+    assert data['device'] == 'cpu' and data['machine']['gpu'] is None
+    assert [r['name'] for r in data['runs']] == [name for name, _ in plan]
+    assert all(r['status'] == 'ok' for r in data['runs']), data['runs']
+    assert data['tests']['counts'] == dict(passed=1, failed=0, skipped=0)
+    rows = data['rows']
+    assert {r['run'] for r in rows} == {name for name, _ in plan}
+    for r in rows:
+        assert r['median_ms'] > 0 and r['batch'] == 2 and r['shape'] == [64, 64]
+        assert (r['peak_mem_mib'] is not None) == (r['run'] == 'upernet-512-fp32')
+    families = {(r['family'], r['variant'], r['mode']) for r in rows}
+    assert {('backbone', 'timm', 'train'), ('backbone', 'convnext', 'infer'),
+            ('upernet', 'convnext', 'train'), ('maskrcnn', 'ours', 'train')} <= families
+    assert {r['precision'] for r in rows} == {'fp32', 'amp', 'fp32, channels_last'}
+    md = (out / 'summary.md').read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith('| ')]
+    assert table[0].startswith('| run | model |') and len(table) == len(rows) + 1
+    assert 'tests: 1 passed, 0 failed, 0 skipped' in md
