@@ -11,7 +11,7 @@ setup:
 	bash tools/setup_env.sh
 
 setup-compat:
-	VENV=.venv-compat LOCK=requirements/compat.txt bash tools/setup_env.sh
+	VENV=.venv-compat LOCK=requirements/compat.txt EXTRAS=mmdet,mmseg,dev bash tools/setup_env.sh
 
 lint: setup
 	$(PY) -m ruff check backbones configs tools tests

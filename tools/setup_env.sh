@@ -2,7 +2,8 @@
 # Create or repair a virtual environment with the stack pinned in a lock file, and this project.
 #
 #   bash tools/setup_env.sh                          # .venv from requirements/lock.txt
-#   VENV=.venv-compat LOCK=requirements/compat.txt bash tools/setup_env.sh   # older stack
+#   VENV=.venv-compat LOCK=requirements/compat.txt EXTRAS=mmdet,mmseg,dev \
+#     bash tools/setup_env.sh                        # the older stack of make test-compat
 #
 # Idempotent: a healthy, up-to-date environment is verified and left alone; a broken or partial
 # one is repaired. PyPI has no mmcv 2.1.0 wheel with ops, so it is built once per torch version
@@ -13,6 +14,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/${VENV:-.venv}"
 LOCK="$ROOT/${LOCK:-requirements/lock.txt}"
+EXTRAS="${EXTRAS:-mmdet,mmseg,dev,onnx}"
 PY="$VENV/bin/python"
 CACHE="${INCEPTIONNEXT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inceptionnext-dense}"
 pin() { grep -ioE "^$1==[^ ;#]+" "$LOCK" 2>/dev/null | head -n 1 || true; }
@@ -77,8 +79,8 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
 fi
 
 # 4. The project and the rest of the stack, at the lock file's versions.
-say "installing the project and the stack pinned in $(basename "$LOCK") (pip install -e .[mmdet,mmseg,dev])"
-pip_install -c "$LOCK" -e "$ROOT[mmdet,mmseg,dev]"
+say "installing the project and the stack pinned in $(basename "$LOCK") (pip install -e .[$EXTRAS])"
+pip_install -c "$LOCK" -e "$ROOT[$EXTRAS]"
 
 # 5. pip counts a package with damaged files but intact metadata as installed: reinstall, at its
 #    pin, each one that does not import.
