@@ -8,6 +8,7 @@ The modules and parameter names follow the official code (sail-sg/inceptionnext)
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 
 import torch
@@ -63,15 +64,35 @@ def _onednn_fusion_applies(x: torch.Tensor) -> bool:
             and not _cpu_autocast())
 
 
+@functools.cache
 def onednn_mlp_wins() -> bool:
-    """Whether ``fuse()`` should run the MLPs as fused oneDNN convolutions on this CPU.
+    """Whether ``fuse()`` should run the MLPs as fused oneDNN convolutions: timed once per
+    process on a stage-1 block (96 channels, 64x64, channels-last), both ways interleaved, one
+    warm-up call each, then the best of 6.
 
-    Decided by ISA: where ATen runs AVX-512 kernels (the Intel Xeon and the AVX-512 AMD EPYC
-    measured) the fused convolutions beat the folded plain modules; on an AVX2-only AMD EPYC the
-    deploy path with them measured only 1.01-1.05x timm (1.26-1.30x on the Xeon), so there
-    ``fuse()`` only folds, which is less work than the plain model on any CPU.
+    Which is faster depends on the CPU, not only on its ISA: with AVX-512 (AMD EPYC) the fused
+    kernels won whole-backbone timings, an AVX2-only EPYC ran the deploy path with them at only
+    1.01-1.05x timm (1.26-1.30x on an Intel Xeon), and the same EPYC limited to AVX2 kernels gave
+    no clear answer. The outputs are the same either way; on a busy machine the timing, and so
+    the choice, can vary between processes.
     """
-    return _CONV_POINTWISE is not None and torch.backends.cpu.get_cpu_capability() == 'AVX512'
+    if _CONV_POINTWISE is None or not torch.backends.mkldnn.is_available():
+        return False
+    block = MetaNeXtBlock(96, mlp_ratio=4, drop_path=0.0, ls_init_value=1.0).eval()
+    x = torch.randn(1, 96, 64, 64).contiguous(memory_format=torch.channels_last)
+    best = {True: float('inf'), False: float('inf')}
+    with torch.no_grad():
+        block.fuse(onednn=True)
+        for onednn in best:  # first calls create oneDNN primitives
+            block.onednn = onednn
+            block(x)
+        for _ in range(6):
+            for onednn in best:
+                block.onednn = onednn
+                start = time.perf_counter()
+                block(x)
+                best[onednn] = min(best[onednn], time.perf_counter() - start)
+    return best[True] < best[False]
 
 
 class InceptionDWConv2d(nn.Module):
@@ -386,7 +407,8 @@ class InceptionNeXt(BaseModule):
 
         Args:
             onednn: Run each block's fc1 + GELU and fc2 + shortcut as single oneDNN convolutions
-                in fp32 CPU inference. None: where they measured faster (``onednn_mlp_wins()``).
+                in fp32 CPU inference. None: if they measure faster on this CPU
+                (``onednn_mlp_wins()``, timed once per process).
         """
         if self.training:
             raise RuntimeError('InceptionNeXt.fuse() folds BatchNorm statistics: call model.eval() '
