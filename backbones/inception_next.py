@@ -20,8 +20,8 @@ from timm.layers import DropPath, trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import load_pretrained
+from .deploy.fuse import fold_bn_into_following_conv, fold_conv_bn, fold_scale_into_conv
 from .errors import ConfigError
-from .fusion import fold_bn_into_following_conv, fold_conv_bn, fold_scale_into_conv
 
 ARCH_SETTINGS = {
     'atto': dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), band_kernel_size=9,

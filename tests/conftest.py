@@ -11,8 +11,8 @@ from helpers import create_timm_inception_next
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.visualization import Visualizer
 
-from backbones.demo_data import make_ade20k, make_coco
-from backbones.fusion import randomize_bn_and_layer_scale_ as randomize_
+from backbones.demo.data import make_ade20k, make_coco
+from backbones.deploy.fuse import randomize_bn_and_layer_scale_ as randomize_
 
 
 def pytest_addoption(parser):

@@ -6,7 +6,7 @@ import torch
 from helpers import create_timm_inception_next, timm_stage_outputs
 
 from backbones import ARCH_SETTINGS, ConfigError, InceptionNeXt
-from backbones.fusion import randomize_bn_and_layer_scale_ as randomize_
+from backbones.deploy.fuse import randomize_bn_and_layer_scale_ as randomize_
 
 # (arch, params without the head and the output norms, from the paper's table)
 PARAMS_M = {'atto': 2.89, 'tiny': 23.97, 'small': 45.29, 'base': 80.44}

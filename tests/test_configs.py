@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mmengine.registry import init_default_scope
 
-from backbones.cli import load_config
+from backbones.cli.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*.py'))

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from backbones import demo_data
-from backbones.demo_data import (
+from backbones.demo import data as demo_data
+from backbones.demo.data import (
     ADE_CLASSES,
     COCO_USED,
     MARKER_FILE,

@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from backbones.onnx_export import (  # noqa: E402
+from backbones.deploy.onnx_export import (  # noqa: E402
     ShapeFreeAdaptiveAvgPool2d,
     ShapeFreeUpsample,
     make_shapes_dynamic,
@@ -56,7 +56,7 @@ def _build(cfg_path: str, options: list[str]) -> nn.Module:
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS, init_default_scope
 
-    from backbones.cli import load_config
+    from backbones.cli.config import load_config
     parsed = {k: DictAction._parse_iterable(v) for k, v in (o.split('=', 1) for o in options)}
     cfg = load_config(cfg_path, parsed)
     init_default_scope(cfg.default_scope)
@@ -146,7 +146,7 @@ def test_export_matches_pytorch_at_other_sizes(exported, family, part, int8):
     import onnx
 
     from backbones.checkpoint import fit_model_checkpoint
-    from backbones.onnx_export import BackboneFeatures, DetectorFeatures, SegmentorLogits
+    from backbones.deploy.onnx_export import BackboneFeatures, DetectorFeatures, SegmentorLogits
     run = exported(family, part, int8)
     assert run.code == 0, run.printed[-3000:]
     assert 'relative error' in run.printed and run.out.is_file()
@@ -172,7 +172,7 @@ def test_int8_export_is_quantized_and_close(exported):
     import onnx
     import onnxruntime as ort
 
-    from backbones.onnx_export import read_metadata
+    from backbones.deploy.onnx_export import read_metadata
     run = exported('upernet', 'segmentor', int8=True)
     assert run.code == 0, run.printed[-3000:]
     assert 'calibrated on 3 images' in run.printed
@@ -261,7 +261,7 @@ def test_bad_input_is_one_line_error(tmp_path, tiny_data, case):
 def test_mismatch_is_refused_with_the_size(tmp_path):
     """PyTorch's own adaptive pooling, exported as is, keeps the example's bins (UperNet's
     pyramid pooling pitfall): the check at the second size must refuse the file."""
-    from backbones.onnx_export import ExportMismatchError, check_against_pytorch, export_onnx
+    from backbones.deploy.onnx_export import ExportMismatchError, check_against_pytorch, export_onnx
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d(6)).eval()
     path = str(tmp_path / 'pool.onnx')
     export_onnx(model, torch.randn(2, 3, 64, 64), path, {'kind': 'backbone'})

@@ -25,7 +25,7 @@ from helpers import (
 )
 from PIL import Image
 
-from backbones.cli import load_config
+from backbones.cli.config import load_config
 
 
 @pytest.fixture()
@@ -233,7 +233,7 @@ def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
 def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path):
     """SafeRunHook's atomic saving: a save that dies midway (a full disk) leaves no partial
     file, the last checkpoint intact, and the runner as it was after the run."""
-    from backbones.hooks import atomic_checkpoints
+    from backbones.runtime.hooks import atomic_checkpoints
 
     class Runner:
         hooks: list = []
@@ -259,7 +259,7 @@ def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_sigkill_leaves_loadable_checkpoint_and_resume_continues(tmp_path, tiny_data):
     """Kill -9 twice at random moments (one right after a resume), then resume once more."""
-    from backbones.runtime import latest_complete_checkpoint
+    from backbones.runtime.adapt import latest_complete_checkpoint
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
                        iters=1000)
     work_dir = tmp_path / 'work'

@@ -5,7 +5,7 @@ import pytest
 import torch
 from mmcv.ops import RoIAlign
 
-from backbones.roi_align import SparseRoIAlign
+from backbones.ops.roi_align import SparseRoIAlign
 
 
 def random_rois(n: int, batch: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:

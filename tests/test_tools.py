@@ -160,7 +160,7 @@ def random_checkpoint(folder: Path, config: str, options: dict) -> Path:
     """The config's model with random weights, saved as mmengine saves checkpoints."""
     from mmengine.registry import MODELS, init_default_scope
 
-    from backbones.cli import load_config
+    from backbones.cli.config import load_config
     cfg = load_config(str(ROOT / config), options)
     init_default_scope(cfg.default_scope)
     torch.manual_seed(0)

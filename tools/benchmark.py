@@ -53,10 +53,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from backbones.cli import one_line_errors
-from backbones.cpu_bf16_ops import float32_mmcv_ops
+from backbones.cli.main import one_line_errors
+from backbones.deploy.fuse import randomize_bn_and_layer_scale_
 from backbones.errors import ConfigError
-from backbones.fusion import randomize_bn_and_layer_scale_
+from backbones.runtime.amp import float32_mmcv_ops
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

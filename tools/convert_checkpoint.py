@@ -19,10 +19,10 @@ from collections.abc import Mapping
 import torch
 
 from backbones.checkpoint import HEAD_PREFIX, extract_state_dict, read_checkpoint
-from backbones.cli import one_line_errors
+from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError
-from backbones.files import write_atomic
 from backbones.inception_next import ARCH_SETTINGS, InceptionNeXt
+from backbones.runtime.files import write_atomic
 
 RELEASE_META_KEYS = ('dataset_meta', 'mmengine_version', 'epoch', 'iter')
 _BLOCK_KEY = re.compile(r'^stages\.(\d)\.blocks\.(\d+)\.')

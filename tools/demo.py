@@ -21,7 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from backbones.demo_data import DEMO_ROOT, ensure_demo_data
+from backbones.demo.data import DEMO_ROOT, ensure_demo_data
 
 TOOLS = osp.dirname(osp.abspath(__file__))
 DEMOS = {

@@ -23,8 +23,9 @@ from mmengine.config import DictAction
 from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli import load_config, one_line_errors
-from backbones.onnx_export import SegmentorLogits
+from backbones.cli.config import load_config
+from backbones.cli.main import one_line_errors
+from backbones.deploy.onnx_export import SegmentorLogits
 
 
 def cpu_description() -> str:
@@ -59,7 +60,7 @@ def backbone_variants(backbone: torch.nn.Module, x: torch.Tensor) -> dict[str, C
 
 def model_variants(model: torch.nn.Module, x: torch.Tensor, onnx_files: list[str],
                    threads: int) -> dict[str, Callable]:
-    from backbones.onnx_runtime import OnnxNetwork
+    from backbones.deploy.onnx_runtime import OnnxNetwork
     eager = SegmentorLogits(model).eval()
     deploy = copy.deepcopy(model)
     deploy.backbone.fuse()

@@ -22,9 +22,9 @@ from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint, load_pretrained
-from backbones.cli import load_config, one_line_errors, task_of
-from backbones.errors import ConfigError, UserError
-from backbones.onnx_export import (
+from backbones.cli.config import load_config, task_of
+from backbones.cli.main import one_line_errors
+from backbones.deploy.onnx_export import (
     BackboneFeatures,
     DetectorFeatures,
     SegmentorLogits,
@@ -33,6 +33,7 @@ from backbones.onnx_export import (
     export_part,
     relative_error,
 )
+from backbones.errors import ConfigError, UserError
 
 DEFAULT_CHECKS = ('1x512x512', '2x480x640')
 
@@ -127,7 +128,7 @@ def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32
     judged by its metric, tools/test.py --backend onnxruntime)."""
     import onnxruntime as ort
 
-    from backbones.onnx_quantize import calibration_images, calibration_inputs, quantize_int8
+    from backbones.deploy.onnx_quantize import calibration_images, calibration_inputs, quantize_int8
     images = calibration_images(args.calib_data, args.calib_num)
     inputs = calibration_inputs(cfg, model.data_preprocessor, images)
     int8 = fp32[:-len('.onnx')] + '.int8.onnx'

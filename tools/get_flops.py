@@ -18,7 +18,8 @@ from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 
-from backbones.cli import load_config, one_line_errors, task_of
+from backbones.cli.config import load_config, task_of
+from backbones.cli.main import one_line_errors
 from backbones.errors import ConfigError
 
 DEFAULT_SHAPE = {'seg': (512, 512), 'det': (1280, 800)}

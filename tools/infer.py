@@ -19,7 +19,8 @@ from mmengine.config import Config, DictAction
 from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli import load_config, one_line_errors, task_of
+from backbones.cli.config import load_config, task_of
+from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError, DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -135,7 +136,7 @@ def main() -> None:
         if args.deploy or device != 'cpu':
             raise ConfigError('--backend onnxruntime runs on the CPU, as exported: drop --deploy '
                               'and --device')
-        from backbones.onnx_runtime import run_segmentor_in_onnx_runtime
+        from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime
         network = run_segmentor_in_onnx_runtime(model, args.checkpoint)
         checkpoint = {'meta': network.metadata}
     else:

@@ -12,8 +12,8 @@ import json
 import os.path as osp
 import time
 
-from backbones.cli import one_line_errors
-from backbones.demo_data import (
+from backbones.cli.main import one_line_errors
+from backbones.demo.data import (
     DEMO_ROOT,
     MARKER_FILE,
     ensure_demo_data,

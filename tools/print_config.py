@@ -8,7 +8,8 @@ import argparse
 
 from mmengine.config import DictAction
 
-from backbones.cli import load_config, one_line_errors
+from backbones.cli.config import load_config
+from backbones.cli.main import one_line_errors
 
 
 def parse_args() -> argparse.Namespace:

@@ -12,12 +12,13 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from backbones import cpu_bf16_ops
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli import default_work_dir, load_config, one_line_errors, task_of
-from backbones.data_check import check_data_roots, readable_data_errors
+from backbones.cli.config import default_work_dir, load_config, task_of
+from backbones.cli.data_check import check_data_roots, readable_data_errors
+from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError
-from backbones.runtime import adapt_to_device, add_safety_hooks
+from backbones.runtime import amp
+from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,13 +102,13 @@ def main() -> None:
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if onnx:
-        from backbones.onnx_runtime import run_segmentor_in_onnx_runtime
+        from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime
         run_segmentor_in_onnx_runtime(runner.model, args.checkpoint)
     else:  # one-line errors, not a silent misfit
         fit_model_checkpoint(runner.model, args.checkpoint, trusted=args.trust_checkpoint)
     if args.amp:
-        cpu_bf16_ops.float32_predictions(runner.model)
-    with readable_data_errors(cfg), cpu_bf16_ops.float32_mmcv_ops(args.amp):
+        amp.float32_predictions(runner.model)
+    with readable_data_errors(cfg), amp.float32_mmcv_ops(args.amp):
         runner.test()  # float32_mmcv_ops only changes CPU inputs that are not float32
 
 

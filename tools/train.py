@@ -13,11 +13,12 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli import default_work_dir, load_config, one_line_errors
-from backbones.cpu_bf16_ops import float32_mmcv_ops
-from backbones.data_check import check_data_roots, readable_data_errors
+from backbones.cli.config import default_work_dir, load_config
+from backbones.cli.data_check import check_data_roots, readable_data_errors
+from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError
-from backbones.runtime import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
+from backbones.runtime.adapt import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
+from backbones.runtime.amp import float32_mmcv_ops
 
 
 def parse_args() -> argparse.Namespace:

@@ -7,7 +7,7 @@
 _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
 data_root = 'data/demo/coco/'
 max_epochs = 5
-custom_imports = dict(imports=['backbones', 'backbones.roi_align'], allow_failed_imports=False)
+custom_imports = dict(imports=['backbones', 'backbones.ops.roi_align'], allow_failed_imports=False)
 roi_layer = dict(type='SparseRoIAlign', output_size=7, sampling_ratio=0)  # mmcv's, faster on CPU
 model = dict(
     backbone=dict(init_cfg=None),  # no download here: from scratch unless tools/demo.py finds one

@@ -1,19 +1,16 @@
-"""Shared plumbing of ``tools/*.py``: config loading with checked overrides, work dirs, and
-one-line errors for bad input."""
+"""Config loading for ``tools/*.py``: checked ``--cfg-options``, an early backbone check, work
+dirs and the task of a config."""
 from __future__ import annotations
 
-import functools
 import inspect
-import os
 import os.path as osp
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from mmengine.config import Config
 
+from ..errors import ConfigError, first_line
 from .data_check import LOADERS
-from .errors import ConfigError, UserError, first_line
 
 _NUMBER = (int, float)
 
@@ -117,7 +114,7 @@ def check_backbone(cfg: Config) -> None:
     backbone = model.get('backbone') if isinstance(model, Mapping) else None
     if not isinstance(backbone, Mapping) or backbone.get('type') != 'InceptionNeXt':
         return
-    from .inception_next import InceptionNeXt
+    from ..inception_next import InceptionNeXt
     with torch.device('meta'):
         built = InceptionNeXt(**{k: v for k, v in backbone.items()
                                  if k not in ('type', '_scope_')})
@@ -162,32 +159,3 @@ def task_of(cfg: Config) -> str:
         raise ConfigError(f"{cfg.filename}: default_scope is {scope!r}; expected 'mmseg' or "
                           f"'mmdet' (inherit an mmseg:: or mmdet:: base config)")
     return 'seg' if scope == 'mmseg' else 'det'
-
-
-def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
-    """Run ``main``; bad input ends with ``error: ...`` on stderr and exit status 2."""
-
-    @functools.wraps(main)
-    def wrapper() -> None:
-        try:
-            main()
-        except UserError as e:
-            _fail(str(e))
-        except TypeError as e:
-            if 'unexpected keyword argument' not in str(e):
-                raise
-            _fail(f'config error: {first_line(e)} (check the keys of the config and '
-                  f'of --cfg-options)')
-        except KeyError as e:
-            if 'is not in the' not in str(e) or 'registry' not in str(e):
-                raise
-            _fail(f'config error: {str(e).strip(chr(34)).splitlines()[0]}')
-
-    return wrapper
-
-
-def _fail(message: str) -> None:
-    rank = os.environ.get('RANK', '0')
-    if rank == '0':
-        print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)

@@ -347,7 +347,7 @@ def _claim(root: str, subdirs: list[str]) -> None:
     if osp.exists(osp.join(root, MARKER_FILE)):
         os.remove(osp.join(root, MARKER_FILE))
     with open(owner, 'w') as f:
-        f.write('written by backbones.demo_data; safe to delete\n')
+        f.write('written by backbones.demo.data; safe to delete\n')
     for p in paths:
         shutil.rmtree(p, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """Runner hooks of the suite; importing this module registers them in mmengine's root ``HOOKS``.
 
 ``import backbones`` does not import it. The tools do; a downstream config opts in with
-``custom_imports=dict(imports=['backbones', 'backbones.hooks'])`` and
+``custom_imports=dict(imports=['backbones', 'backbones.runtime.hooks'])`` and
 ``custom_hooks=[dict(type='SafeRunHook')]``.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .errors import TrainingDivergedError
+from ..errors import TrainingDivergedError
+from ..safe_load import load_checkpoint_file
 from .files import write_atomic
-from .safe_load import load_checkpoint_file
 
 
 @contextmanager

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError
-from .inception_next import InceptionNeXt
+from ..errors import UserError
+from ..inception_next import InceptionNeXt
 
 # What a file holds; stored as metadata so that the runtime side knows what it is given.
 KINDS = ('segmentor', 'features', 'backbone')

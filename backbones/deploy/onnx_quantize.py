@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from .errors import DataError
+from ..errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 

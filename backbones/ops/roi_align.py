@@ -7,7 +7,7 @@ pixels x channels: forward and backward are sparse-dense products that read chan
 contiguously. Sample points, the adaptive ``sampling_ratio=0`` grid, the boundary rules and
 ``aligned`` follow mmcv's ``roi_align`` exactly.
 
-``import backbones.roi_align`` adds ``SparseRoIAlign`` to ``mmcv.ops``, where mmdet's RoI
+``import backbones.ops.roi_align`` adds ``SparseRoIAlign`` to ``mmcv.ops``, where mmdet's RoI
 extractors look layer types up: ``roi_layer=dict(type='SparseRoIAlign', output_size=7,
 sampling_ratio=0)``. Off the CPU, in ``max`` mode or for dtypes without sparse CPU kernels it
 runs mmcv's ``RoIAlign`` unchanged.

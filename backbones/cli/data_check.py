@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from mmengine.config import Config
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from ..errors import DataError
 
 HOW_TO_GET = {
     'ADE20KDataset': 'download ADEChallengeData2016.zip from the MIT Scene Parsing site and unzip '

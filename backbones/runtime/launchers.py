@@ -13,7 +13,7 @@ import subprocess
 
 import torch.distributed as dist
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # per launcher: the variables that must be set (MASTER_PORT defaults to 29500), and who sets them
 REQUIRED = {

@@ -15,7 +15,8 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
-from . import cpu_bf16_ops, hooks  # noqa: F401  (register BF16AmpOptimWrapper, SafeRunHook)
+from . import amp as _amp  # noqa: F401  (registers BF16AmpOptimWrapper)
+from . import hooks as _hooks  # noqa: F401  (registers SafeRunHook)
 from .launchers import check_launcher_env, init_cpu_process_group
 
 

@@ -1,0 +1,1 @@
+"""Command-line plumbing of ``tools/*.py``: checked configs, data checks, one-line errors."""

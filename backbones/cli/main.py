@@ -1,0 +1,38 @@
+"""The tools' entry-point wrapper: bad input ends with one ``error:`` line and exit status 2."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+from ..errors import UserError, first_line
+
+
+def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
+    """Run ``main``; bad input ends with ``error: ...`` on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper() -> None:
+        try:
+            main()
+        except UserError as e:
+            _fail(str(e))
+        except TypeError as e:
+            if 'unexpected keyword argument' not in str(e):
+                raise
+            _fail(f'config error: {first_line(e)} (check the keys of the config and '
+                  f'of --cfg-options)')
+        except KeyError as e:
+            if 'is not in the' not in str(e) or 'registry' not in str(e):
+                raise
+            _fail(f'config error: {str(e).strip(chr(34)).splitlines()[0]}')
+
+    return wrapper
+
+
+def _fail(message: str) -> None:
+    rank = os.environ.get('RANK', '0')
+    if rank == '0':
+        print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)

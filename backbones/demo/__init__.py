@@ -1,0 +1,1 @@
+"""The synthetic datasets of ``make demo`` and the tests (no download needed)."""

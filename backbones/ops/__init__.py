@@ -1,0 +1,1 @@
+"""Optional ops, imported by a config that wants them (``custom_imports``)."""
