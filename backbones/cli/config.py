@@ -1,10 +1,10 @@
 """Config loading for ``tools/*.py``: checked ``--cfg-options``, an early backbone check, work
-dirs and the task of a config."""
+dirs, the task of a config, ``--shape`` and building the model."""
 from __future__ import annotations
 
 import inspect
 import os.path as osp
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from mmengine.config import Config
@@ -159,3 +159,26 @@ def task_of(cfg: Config) -> str:
         raise ConfigError(f"{cfg.filename}: default_scope is {scope!r}; expected 'mmseg' or "
                           f"'mmdet' (inherit an mmseg:: or mmdet:: base config)")
     return 'seg' if scope == 'mmseg' else 'det'
+
+
+def parse_shape(shape: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    """``--shape H W`` (or one size for a square input) as (height, width); ``default`` if None."""
+    if shape is None:
+        return default
+    if len(shape) not in (1, 2) or min(shape) < 32:
+        raise ConfigError(f'--shape {" ".join(map(str, shape))}: give H W (or one size for a '
+                          'square input), each at least 32')
+    return (shape[0], shape[-1])
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The config's model in eval mode, without pretrained weights (they come from a checkpoint,
+    or a tool wants random ones) and with SyncBN reverted to BatchNorm for a single process."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.default_scope)
+    cfg.model.pop('pretrained', None)
+    cfg.model.pop('init_cfg', None)
+    if isinstance(cfg.model.get('backbone'), Mapping):
+        cfg.model.backbone.init_cfg = None
+    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
