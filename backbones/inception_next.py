@@ -7,8 +7,6 @@ The modules and parameter names follow the official code (sail-sg/inceptionnext)
 """
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +18,6 @@ from timm.layers import DropPath, trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import load_pretrained
-from .deploy.fuse import fold_bn_into_following_conv, fold_conv_bn, fold_scale_into_conv
 from .errors import ConfigError
 
 ARCH_SETTINGS = {
@@ -34,66 +31,6 @@ ARCH_DEFAULTS = dict(square_kernel_size=3, band_kernel_size=11, branch_ratio=0.1
                      mlp_ratios=(4, 4, 4, 3))
 
 DEFAULT_OUT_NORM = dict(type='LN2d', eps=1e-6)  # ConvNeXt's per-output LayerNorm
-
-try:  # oneDNN convolution with fused post-ops (what inductor lowers conv + GELU / + add to)
-    _CONV_POINTWISE = torch.ops.mkldnn._convolution_pointwise
-except (AttributeError, RuntimeError):  # a build without oneDNN
-    _CONV_POINTWISE = None
-
-
-# torch < 2.3 has only the private spelling; torch < 2.4 has no device argument
-_is_compiling = getattr(torch.compiler, 'is_compiling', None) or torch._dynamo.is_compiling
-try:
-    torch.is_autocast_enabled('cpu')
-    _cpu_autocast = functools.partial(torch.is_autocast_enabled, 'cpu')
-except TypeError:
-    _cpu_autocast = torch.is_autocast_cpu_enabled
-
-
-def _onednn_fusion_applies(x: torch.Tensor) -> bool:
-    """Whether a fused block may run its MLP as oneDNN convolutions with fused post-ops.
-
-    Only for eager fp32 CPU inference: no autograd (the op has no derivative), no autocast, and
-    not while tracing, scripting or compiling (exporters and inductor see the plain modules).
-    """
-    if _is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
-        return False  # first: under torch.compile the rest would break the graph
-    return (_CONV_POINTWISE is not None and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not _cpu_autocast())
-
-
-@functools.cache
-def onednn_mlp_wins() -> bool:
-    """Whether ``fuse()`` should run the MLPs as fused oneDNN convolutions: timed once per
-    process on a stage-1 block (96 channels, 64x64, channels-last), both ways interleaved, one
-    warm-up call each, then the best of 6.
-
-    Which is faster depends on the CPU, not only on its ISA: with AVX-512 (AMD EPYC) the fused
-    kernels won whole-backbone timings, an AVX2-only EPYC ran the deploy path with them at only
-    1.01-1.05x timm (1.26-1.30x on an Intel Xeon), and the same EPYC limited to AVX2 kernels gave
-    no clear answer. The outputs are the same either way; on a busy machine the timing, and so
-    the choice, can vary between processes.
-    """
-    if _CONV_POINTWISE is None or not torch.backends.mkldnn.is_available():
-        return False
-    block = MetaNeXtBlock(96, mlp_ratio=4, drop_path=0.0, ls_init_value=1.0).eval()
-    x = torch.randn(1, 96, 64, 64).contiguous(memory_format=torch.channels_last)
-    best = {True: float('inf'), False: float('inf')}
-    with torch.no_grad():
-        block.fuse(onednn=True)
-        for onednn in best:  # first calls create oneDNN primitives
-            block.onednn = onednn
-            block(x)
-        for _ in range(6):
-            for onednn in best:
-                block.onednn = onednn
-                start = time.perf_counter()
-                block(x)
-                best[onednn] = min(best[onednn], time.perf_counter() - start)
-    return best[True] < best[False]
-
 
 class InceptionDWConv2d(nn.Module):
     """Inception depthwise convolution: identity, k x k, 1 x band and band x 1 channel branches."""
@@ -143,40 +80,12 @@ class MetaNeXtBlock(nn.Module):
         self.mlp = ConvMlp(dim, int(mlp_ratio * dim))
         self.gamma = nn.Parameter(ls_init_value * torch.ones(dim)) if ls_init_value else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.fused = False
-        self.onednn = False  # set by fuse(): run the MLP as oneDNN convolutions with post-ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn and self.fused and not self.training and _onednn_fusion_applies(x):
-            return self._forward_onednn(x)
         y = self.mlp(self.norm(self.token_mixer(x)))
         if self.gamma is not None:
             y = y.mul(self.gamma.reshape(1, -1, 1, 1))
         return self.drop_path(y) + x
-
-    def fuse(self, onednn: bool = False) -> None:
-        """Fold the BatchNorm into fc1 and the layer scale into fc2 (exact in eval mode); with
-        ``onednn``, CPU inference runs the MLP as two fused oneDNN convolutions."""
-        if isinstance(self.norm, nn.BatchNorm2d):
-            fold_bn_into_following_conv(self.norm, self.mlp.fc1)
-            self.norm = nn.Identity()
-        if self.gamma is not None:
-            fold_scale_into_conv(self.mlp.fc2, self.gamma.detach())
-            self.gamma = None
-        self.fused = True
-        self.onednn = onednn
-
-    def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused block with fc1 + GELU and fc2 + shortcut each one oneDNN convolution.
-
-        Saves the separate GELU and residual-add passes over the 4x wide hidden map and the
-        bias copies (1.3-1.4x faster at 2x512x512 on one CPU thread, same outputs).
-        """
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        conv = ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
-        y = _CONV_POINTWISE(self.token_mixer(x), fc1.weight, fc1.bias, *conv, 'gelu', [], 'none')
-        return _CONV_POINTWISE.binary(y, x, fc2.weight, fc2.bias, *conv, 'add', None, None, [],
-                                      None)
 
 
 class MetaNeXtStage(nn.Module):
@@ -202,11 +111,6 @@ class MetaNeXtStage(nn.Module):
         return x
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """Whether ``x`` is laid out channels-last rather than as plain contiguous NCHW."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (ConvNeXt's per-output norm).
 
@@ -217,7 +121,9 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
                                      self.bias, self.eps).permute(0, 3, 1, 2)
-        return y if _is_channels_last(x) else y.contiguous()
+        keep_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not (
+            x.is_contiguous())
+        return y if keep_channels_last else y.contiguous()
 
 
 def _resolve_arch(arch: str | dict) -> dict:
@@ -276,10 +182,6 @@ class InceptionNeXt(BaseModule):
         frozen_stages: -1 freezes nothing, 0 the stem, k the stem and the first k stages.
         norm_eval: Keep every BatchNorm of the backbone in eval mode during training.
         with_cp: Gradient checkpointing for each block (saves memory, costs a second forward).
-        channels_last: Run the stem and stages in channels-last memory format. None (default)
-            does so on the CPU, where it measured ~1.15x faster in training and inference, and
-            keeps NCHW elsewhere. The returned maps are in the input's memory format either way
-            (contiguous NCHW for an NCHW input), and the numbers agree to ~1e-6.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads ImageNet weights
             (official, timm, wrapped or full mmdet/mmseg checkpoints) and verifies what loaded.
     """
@@ -294,7 +196,6 @@ class InceptionNeXt(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 channels_last: bool | None = None,
                  init_cfg: dict | list | None = None):
         super().__init__(init_cfg=init_cfg)
         for cfg in init_cfg if isinstance(init_cfg, list) else [init_cfg]:
@@ -316,7 +217,6 @@ class InceptionNeXt(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
-        self.channels_last = channels_last
 
         self.stem = nn.Sequential(nn.Conv2d(in_channels, self.dims[0], 4, stride=4),
                                   nn.BatchNorm2d(self.dims[0]))
@@ -371,17 +271,12 @@ class InceptionNeXt(BaseModule):
         self._is_init = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        run_cl = self.channels_last if self.channels_last is not None else x.device.type == 'cpu'
-        convert_back = run_cl and not _is_channels_last(x)
-        if run_cl:
-            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(x)
-                outs.append(out.contiguous() if convert_back else out)
+                outs.append(getattr(self, f'norm{i}')(x))
         return tuple(outs)
 
     def _freeze_stages(self) -> None:
@@ -401,27 +296,11 @@ class InceptionNeXt(BaseModule):
                     m.eval()
         return self
 
-    @torch.no_grad()
     def fuse(self, onednn: bool | None = None) -> InceptionNeXt:
-        """Fold BatchNorms and layer scales into convolutions for inference (same outputs).
-
-        Args:
-            onednn: Run each block's fc1 + GELU and fc2 + shortcut as single oneDNN convolutions
-                in fp32 CPU inference. None: if they measure faster on this CPU
-                (``onednn_mlp_wins()``, timed once per process).
-        """
-        if self.training:
-            raise RuntimeError('InceptionNeXt.fuse() folds BatchNorm statistics: call model.eval() '
-                               'first')
-        if isinstance(self.stem[-1], nn.BatchNorm2d):
-            self.stem = nn.Sequential(fold_conv_bn(self.stem[0], self.stem[1]))
-        for stage in self.stages:
-            if isinstance(stage.downsample, nn.Sequential) and len(stage.downsample) == 2:
-                fold_bn_into_following_conv(stage.downsample[0], stage.downsample[1])
-                stage.downsample = nn.Sequential(stage.downsample[1])
-            for block in stage.blocks:
-                block.fuse(onednn=onednn_mlp_wins() if onednn is None else onednn)
-        return self
+        """Fold BatchNorms and layer scales into convolutions for inference, in place, with the
+        same outputs (``backbones.deploy.fuse``; ``onednn``: see ``fuse_inception_next``)."""
+        from .deploy.fuse import fuse_inception_next
+        return fuse_inception_next(self, onednn)
 
     def get_layer_depth(self, param_name: str, prefix: str = '') -> tuple[int, int]:
         """Layer id for layer-wise lr decay (ConvNeXt's scheme) and the number of layers.

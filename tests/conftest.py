@@ -7,12 +7,11 @@ import threading
 
 import pytest
 import torch
-from helpers import create_timm_inception_next
+from helpers import create_timm_inception_next, randomize_bn_and_layer_scale_
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.visualization import Visualizer
 
 from backbones.demo.data import make_ade20k, make_coco
-from backbones.deploy.fuse import randomize_bn_and_layer_scale_ as randomize_
 
 
 def pytest_addoption(parser):
@@ -40,7 +39,7 @@ def fresh_mmengine_instances():
 @pytest.fixture(scope='session')
 def timm_atto() -> torch.nn.Module:
     torch.manual_seed(0)
-    return randomize_(create_timm_inception_next('atto')).eval()
+    return randomize_bn_and_layer_scale_(create_timm_inception_next('atto')).eval()
 
 
 @pytest.fixture(scope='session')

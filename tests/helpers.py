@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import torch.nn as nn
+
 ROOT = Path(__file__).resolve().parents[1]
 ATTO = "model.backbone.arch='atto' model.backbone.init_cfg=None"
 
@@ -118,7 +121,6 @@ class _RunsCode:
 
 def booby_trapped_checkpoint(path: Path, marker: Path) -> None:
     """An mmengine-shaped checkpoint whose unpickling creates ``marker``."""
-    import torch
     torch.save({'meta': {}, 'state_dict': {}, 'payload': _RunsCode(marker)}, path)
 
 
@@ -144,3 +146,25 @@ def timm_stage_outputs(model, x):
         x = stage(x)
         outs.append(x)
     return outs
+
+
+@torch.no_grad()
+def randomize_bn_and_layer_scale_(model: nn.Module, seed: int = 0,
+                                  gamma_range: tuple[float, float] = (0.5, 1.5)) -> nn.Module:
+    """Give BatchNorm statistics/affines and layer scales non-trivial random values (in place).
+
+    Their initial values (identity BN, gamma 1e-6) hide folding and parity bugs; checks of
+    ``fuse()`` and of weight compatibility run on a model randomized this way.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    low, high = gamma_range
+    for name, p in model.named_parameters():
+        if name.endswith('gamma'):
+            p.copy_(low + torch.rand(p.shape, generator=g) * (high - low))
+    return model

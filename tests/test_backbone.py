@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import create_timm_inception_next, timm_stage_outputs
+from helpers import randomize_bn_and_layer_scale_ as randomize_
 
 from backbones import ARCH_SETTINGS, ConfigError, InceptionNeXt
-from backbones.deploy.fuse import randomize_bn_and_layer_scale_ as randomize_
+from backbones.runtime.hooks import ChannelsLastHook
+from backbones.runtime.layout import channels_last_inside
 
 # (arch, params without the head and the output norms, from the paper's table)
 PARAMS_M = {'atto': 2.89, 'tiny': 23.97, 'small': 45.29, 'base': 80.44}
@@ -39,14 +41,16 @@ def test_out_indices(out_indices, expected):
     assert {f'norm{i}' for i in expected} <= {n for n, _ in model.named_children()}
 
 
-@pytest.mark.parametrize('channels_last', [False, None])
+@pytest.mark.parametrize('channels_last', [False, True])
 @pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
 def test_parity_with_timm(arch, channels_last):
-    """Bit-identical to timm in NCHW; within float rounding in the default (channels-last on
-    the CPU) layout."""
+    """Bit-identical to timm in NCHW; within float rounding channels-last inside (what the
+    tools run on CPUs)."""
     torch.manual_seed(1)
     ref = randomize_(create_timm_inception_next(arch), seed=1).eval()
-    model = InceptionNeXt(arch, out_norm_cfg=None, channels_last=channels_last).eval()
+    model = InceptionNeXt(arch, out_norm_cfg=None).eval()
+    if channels_last:
+        channels_last_inside(model)
     missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
     assert missing == [] and all(k.startswith('head.') for k in unexpected)
     x = torch.randn(2, 3, 64, 96)
@@ -158,44 +162,15 @@ def test_with_cp_matches_plain_path(monkeypatch):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
-@pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
-def test_fused_equals_unfused(arch):
-    torch.manual_seed(0)
-    model = randomize_(InceptionNeXt(arch)).eval()
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        ref = model(x)
-        fused = model.fuse()
-        out = fused(x)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    assert all(b.gamma is None for s in fused.stages for b in s.blocks)
-    for a, b in zip(ref, out):
-        assert ((a - b).norm() / a.norm()).item() < 1e-5
-
-
-@pytest.mark.parametrize('faster', [True, False])
-def test_fuse_uses_onednn_kernels_where_they_measure_faster(faster, monkeypatch):
-    from backbones import inception_next
-    assert isinstance(inception_next.onednn_mlp_wins(), bool)  # the real one-time timing runs
-    monkeypatch.setattr(inception_next, 'onednn_mlp_wins', lambda: faster)
-    blocks = [b for s in InceptionNeXt('atto').eval().fuse().stages for b in s.blocks]
-    assert all(b.fused and b.onednn == faster for b in blocks)
-    forced = InceptionNeXt('atto').eval().fuse(onednn=not faster)
-    assert all(b.onednn != faster for s in forced.stages for b in s.blocks)
-
-
-def test_fuse_refuses_training_mode():
-    with pytest.raises(RuntimeError, match='eval'):
-        InceptionNeXt('atto').train().fuse()
-
-
-@pytest.mark.parametrize('channels_last', [None, True, False])
+@pytest.mark.parametrize('channels_last', [False, True])
 @pytest.mark.parametrize('out_norm_cfg', [dict(type='LN2d', eps=1e-6), dict(type='BN'), None])
 @pytest.mark.parametrize('mode', ['train', 'eval', 'deploy'])
 def test_outputs_keep_the_input_memory_format(out_norm_cfg, mode, channels_last):
     """Heads index raw NCHW memory (mmcv's RoIAlign silently reads a channels-last view wrong),
     so an NCHW input must give contiguous NCHW maps in every mode and internal layout."""
-    model = InceptionNeXt('atto', out_norm_cfg=out_norm_cfg, channels_last=channels_last)
+    model = InceptionNeXt('atto', out_norm_cfg=out_norm_cfg)
+    if channels_last:
+        channels_last_inside(model)
     model.train(mode == 'train')
     if mode == 'deploy':
         model.fuse()
@@ -213,7 +188,7 @@ def test_stages_and_blocks_are_ordinary_modules():
     """``stages[i](x)`` runs a stage; forward hooks on stages and blocks fire (Grad-CAM and
     feature tools hook them) and see what the backbone computes."""
     torch.manual_seed(0)
-    model = InceptionNeXt('atto', out_norm_cfg=None, channels_last=False).eval()
+    model = InceptionNeXt('atto', out_norm_cfg=None).eval()
     seen: dict[str, torch.Tensor] = {}
     for i, stage in enumerate(model.stages):
         stage.register_forward_hook(lambda m, a, out, i=i: seen.update({f'stage{i}': out}))
@@ -228,3 +203,28 @@ def test_stages_and_blocks_are_ordinary_modules():
         torch.testing.assert_close(seen[f'stage{i}'], outs[i], rtol=0, atol=0)
     torch.testing.assert_close(by_hand, outs[0], rtol=0, atol=0)
     assert seen['block'].shape == (1, 160, 4, 4)
+
+
+def test_channels_last_hook_runs_the_backbone_channels_last_and_restores_it():
+    """The hook the tools add on CPUs: stage inputs are channels-last during the run, the heads
+    still get contiguous NCHW maps, and after the run the backbone is plain again."""
+    model = torch.nn.Module()
+    model.backbone = InceptionNeXt('atto').eval()
+    runner = type('Runner', (), {'model': model})()
+    layouts = []
+    model.backbone.stages[1].register_forward_pre_hook(
+        lambda m, args: layouts.append(args[0].is_contiguous()))
+    x = torch.randn(1, 3, 64, 64)
+    hook = ChannelsLastHook()
+    hook.before_run(runner)
+    with torch.no_grad():
+        outs = model.backbone(x)
+    hook.after_run(runner)
+    with torch.no_grad():
+        model.backbone(x)
+    assert layouts == [False, True]  # channels-last inside during the run, NCHW after it
+    assert all(o.is_contiguous() for o in outs)
+    ChannelsLastHook(devices=('cuda',)).before_run(runner)  # not on this device: nothing
+    with torch.no_grad():
+        model.backbone(x)
+    assert layouts[-1] is True

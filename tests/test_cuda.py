@@ -12,19 +12,20 @@ import json
 
 import pytest
 import torch
-from conftest import randomize_
 from helpers import (
     ATTO,
     FAMILIES,
     SEG_TAIL,
     create_timm_inception_next,
     last_metrics,
+    randomize_bn_and_layer_scale_,
     run_tool,
     timm_stage_outputs,
     write_config,
 )
 
 from backbones import InceptionNeXt
+from backbones.runtime.layout import channels_last_inside
 
 
 @pytest.fixture(scope='module')
@@ -51,8 +52,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize('arch', ['atto', 'tiny'])
 def test_parity_with_timm(device, arch, channels_last):
     torch.manual_seed(1)
-    ref = randomize_(create_timm_inception_next(arch), seed=1).eval().to(device)
-    model = InceptionNeXt(arch, out_norm_cfg=None, channels_last=channels_last).eval()
+    ref = randomize_bn_and_layer_scale_(create_timm_inception_next(arch), seed=1).eval().to(device)
+    model = InceptionNeXt(arch, out_norm_cfg=None).eval()
+    if channels_last:
+        channels_last_inside(model)
     missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
     assert missing == [] and all(k.startswith('head.') for k in unexpected)
     model.to(device)
@@ -83,12 +86,12 @@ def test_with_cp_same_outputs_and_gradients(device):
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_fuse_matches_unfused(device, channels_last):
     torch.manual_seed(0)
-    model = randomize_(InceptionNeXt('tiny')).eval().to(device)
+    model = randomize_bn_and_layer_scale_(InceptionNeXt('tiny')).eval().to(device)
     x = torch.randn(2, 3, 64, 96, device=device)
     with torch.no_grad():
         ref = model(x)
         fused = model.fuse()
-        if channels_last:  # model and input, as tools/benchmark.py's ours-deploy-cl
+        if channels_last:  # model and input
             fused = fused.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         out = fused(x)
@@ -99,7 +102,8 @@ def test_fuse_matches_unfused(device, channels_last):
 
 def test_channels_last_input_gives_channels_last_maps(device):
     torch.manual_seed(0)
-    model = randomize_(InceptionNeXt('atto', channels_last=True)).eval().to(device)
+    model = randomize_bn_and_layer_scale_(InceptionNeXt('atto')).eval().to(device)
+    channels_last_inside(model)
     x = torch.randn(2, 3, 64, 64, device=device)
     with torch.no_grad():
         outs = model(x)

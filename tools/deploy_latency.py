@@ -20,10 +20,9 @@ from collections.abc import Callable
 
 import torch
 from mmengine.config import DictAction
-from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli.config import load_config
+from backbones.cli.config import build_model, load_config
 from backbones.cli.main import one_line_errors
 from backbones.deploy.onnx_export import SegmentorLogits
 
@@ -102,10 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.cfg_options)
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope(cfg.default_scope)
-    cfg.model.backbone.init_cfg = None
-    model = revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+    model = build_model(cfg)
     if args.checkpoint:
         model.load_state_dict(fit_model_checkpoint(model, args.checkpoint)[1], strict=False)
     x = torch.randn(args.shape[0], 3, *args.shape[1:])

@@ -19,10 +19,9 @@ import re
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint, load_pretrained
-from backbones.cli.config import load_config, task_of
+from backbones.cli.config import build_model, load_config, task_of
 from backbones.cli.main import one_line_errors
 from backbones.deploy.onnx_export import (
     BackboneFeatures,
@@ -61,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
+def parse_check_shape(text: str) -> tuple[int, int, int]:
     """'480x640' or '2x480x640' -> (batch, height, width)."""
     m = re.fullmatch(r'(?:(\d+)x)?(\d+)x(\d+)', text)
     if not m or min(int(v) for v in m.groups(default='1')) < 1:
@@ -81,17 +80,6 @@ def check_out_path(out: str, inputs: list[str]) -> None:
             raise UserError(f'{out} is the input {path}; give another output file')
     if not out.endswith('.onnx'):
         raise UserError(f'{out}: the output file must end in .onnx')
-
-
-def build_model(cfg: Config) -> torch.nn.Module:
-    """The config's model with no pretrained weights (they come from the checkpoint)."""
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope(cfg.default_scope)
-    cfg.model.pop('pretrained', None)
-    if isinstance(cfg.model.get('backbone'), dict):
-        cfg.model.backbone.init_cfg = None
-    cfg.model.pop('init_cfg', None)
-    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
 
 
 def metadata(cfg: Config, model: torch.nn.Module, kind: str, checkpoint: dict | None) -> dict:
@@ -158,7 +146,7 @@ def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32
 def main() -> None:
     args = parse_args()
     check_out_path(args.out, [args.config, args.checkpoint])
-    shapes = [parse_shape(s) for s in args.check_shapes]
+    shapes = [parse_check_shape(s) for s in args.check_shapes]
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
     kind = args.part or ('segmentor' if task == 'seg' else 'features')

@@ -14,13 +14,10 @@ from functools import partial
 import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer, parameter_count
-from mmengine.config import Config, DictAction
-from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
+from mmengine.config import DictAction
 
-from backbones.cli.config import load_config, task_of
+from backbones.cli.config import build_model, load_config, parse_shape, task_of
 from backbones.cli.main import one_line_errors
-from backbones.errors import ConfigError
 
 DEFAULT_SHAPE = {'seg': (512, 512), 'det': (1280, 800)}
 
@@ -36,33 +33,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def input_shape(shape: list[int] | None, task: str) -> tuple[int, int]:
-    """``--shape`` as (height, width), the task's default if not given."""
-    if shape is None:
-        return DEFAULT_SHAPE[task]
-    if len(shape) not in (1, 2) or min(shape) < 32:
-        raise ConfigError(f'--shape {" ".join(map(str, shape))}: give H W (or one size for a '
-                          'square input), each at least 32')
-    return (shape[0], shape[-1])
-
-
-def build_model(cfg: Config, task: str) -> tuple[nn.Module, float | None]:
-    """The model of ``cfg`` in eval mode with random weights (no download), and the params (M)
-    of the auxiliary head it drops (segmentors; None if it has none)."""
-    init_default_scope(cfg.default_scope)
-    if task == 'seg':
-        from mmseg.registry import MODELS
-    else:
-        from mmdet.registry import MODELS
-    if isinstance(cfg.model.get('backbone'), dict):
-        cfg.model.backbone.init_cfg = None
-    cfg.model.pop('pretrained', None)
-    model = MODELS.build(cfg.model)
-    aux = None
-    if task == 'seg' and getattr(model, 'auxiliary_head', None) is not None:
-        aux = sum(p.numel() for p in model.auxiliary_head.parameters()) / 1e6
-        model.auxiliary_head = None
-    return revert_sync_batchnorm(model).eval(), aux
+def drop_auxiliary_head(model: nn.Module, task: str) -> float | None:
+    """Drop a segmentor's auxiliary head (training only; not in the paper's FLOPs) and return its
+    params (M); None if there is none."""
+    if task != 'seg' or getattr(model, 'auxiliary_head', None) is None:
+        return None
+    aux = sum(p.numel() for p in model.auxiliary_head.parameters()) / 1e6
+    model.auxiliary_head = None
+    return aux
 
 
 def model_inputs(model: nn.Module, task: str, hw: tuple[int, int]) -> torch.Tensor:
@@ -96,9 +74,10 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
-    hw = input_shape(args.shape, task)
+    hw = parse_shape(args.shape, DEFAULT_SHAPE[task])
     torch.manual_seed(0)  # detectors: the number of proposals, hence the FLOPs, depend on weights
-    model, aux = build_model(cfg, task)
+    model = build_model(cfg)
+    aux = drop_auxiliary_head(model, task)
     inputs = model_inputs(model, task, hw)
     total_params, flops, skipped = complexity(model, inputs)
     rows = [('model', f'{total_params:.2f}', f'{flops:.2f}')]

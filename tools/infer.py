@@ -22,6 +22,8 @@ from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import load_config, task_of
 from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError, DataError
+from backbones.inception_next import InceptionNeXt
+from backbones.runtime.layout import channels_last_inside
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -152,6 +154,8 @@ def main() -> None:
         model.eval()
         model.backbone.fuse()
     model.to(device).eval()
+    if device == 'cpu' and isinstance(getattr(model, 'backbone', None), InceptionNeXt):
+        channels_last_inside(model.backbone)  # as the tools' runs on CPUs (runtime.layout)
     if task == 'seg':
         visualizer.set_dataset_meta(classes=model.dataset_meta.get('classes'),
                                     palette=model.dataset_meta.get('palette'))

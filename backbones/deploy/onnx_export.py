@@ -145,7 +145,6 @@ def export_part(model: nn.Module, kind: str) -> nn.Module:
     backbone = model if kind == 'backbone' else model.backbone
     if isinstance(backbone, InceptionNeXt):
         backbone.fuse(onednn=False)  # oneDNN's fused kernels are eager-only: export the modules
-        backbone.channels_last = False
     make_shapes_dynamic(model)
     part = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
             'backbone': BackboneFeatures}[kind](model)

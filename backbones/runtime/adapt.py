@@ -1,5 +1,7 @@
 """What the tools apply to a config before they run it; nothing here acts on import.
 
+- Without CUDA the backbone runs channels-last inside (``ChannelsLastHook``).
+
 - ``--amp`` on a machine without CUDA uses bfloat16 autocast (``BF16AmpOptimWrapper``).
 - Distributed runs without CUDA use gloo (every ``--launcher``), CPU DDP and BatchNorm instead of
   SyncBN; a launcher started without its environment is a one-line error.
@@ -16,7 +18,7 @@ from mmengine.logging import print_log
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from . import amp as _amp  # noqa: F401  (registers BF16AmpOptimWrapper)
-from . import hooks as _hooks  # noqa: F401  (registers SafeRunHook)
+from . import hooks as _hooks  # noqa: F401  (registers SafeRunHook, ChannelsLastHook)
 from .launchers import check_launcher_env, init_cpu_process_group
 
 
@@ -35,8 +37,11 @@ def _replace_type(node, old: str, new: str) -> int:
 
 
 def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
-    """Make ``cfg`` runnable here: AMP and distributed training on CPU-only machines."""
+    """Make ``cfg`` run well here: on CPU-only machines a channels-last backbone, bfloat16 AMP
+    and gloo for distributed runs."""
     cuda = torch.cuda.is_available()
+    if not cuda:
+        _add_custom_hook(cfg, dict(type='ChannelsLastHook'))
     if amp:
         wrapper = cfg.optim_wrapper
         if cuda:
@@ -62,11 +67,15 @@ def adapt_to_device(cfg: Config, launcher: str, amp: bool) -> None:
     init_cpu_process_group(launcher)
 
 
+def _add_custom_hook(cfg: Config, hook: dict) -> None:
+    """Add ``hook`` to ``cfg.custom_hooks``, replacing one of the same type the config has."""
+    others = [h for h in cfg.get('custom_hooks', []) if h.get('type') != hook['type']]
+    cfg.custom_hooks = [*others, hook]
+
+
 def add_safety_hooks(cfg: Config, trusted_checkpoints: Iterable[str] = ()) -> None:
     """Add ``SafeRunHook`` (safe loading, atomic checkpoints, non-finite loss stop) to ``cfg``."""
-    others = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'SafeRunHook']
-    cfg.custom_hooks = [*others, dict(type='SafeRunHook',
-                                     trusted_checkpoints=list(trusted_checkpoints))]
+    _add_custom_hook(cfg, dict(type='SafeRunHook', trusted_checkpoints=list(trusted_checkpoints)))
 
 
 def latest_complete_checkpoint(work_dir: str) -> str | None:

@@ -24,6 +24,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from ..errors import TrainingDivergedError
 from ..safe_load import load_checkpoint_file
 from .files import write_atomic
+from .layout import channels_last_inside
 
 
 @contextmanager
@@ -154,14 +155,45 @@ class SafeRunHook(Hook):
                 'diverging weights: pick one saved before the loss grew)')
 
 
+def _backbone_of(runner) -> torch.nn.Module | None:
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    model = getattr(model, 'module', model)  # TTA wrappers hold the model in .module
+    return getattr(model, 'backbone', None)
+
+
+@HOOKS.register_module()
+class ChannelsLastHook(Hook):
+    """Run the model's backbone channels-last inside on the given devices (``runtime.layout``).
+
+    InceptionNeXt trains and infers ~1.15x faster that way on the CPUs measured; the heads still
+    get contiguous NCHW maps. Opt in with ``custom_hooks=[dict(type='ChannelsLastHook')]``; the
+    tools add it on machines without CUDA.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, devices: Iterable[str] = ('cpu',)):
+        self.devices = tuple(devices)
+        self._handles = ()
+
+    def before_run(self, runner) -> None:
+        backbone = _backbone_of(runner)
+        param = next(backbone.parameters(), None) if backbone is not None else None
+        if param is not None and param.device.type in self.devices and not self._handles:
+            self._handles = channels_last_inside(backbone)
+
+    def after_run(self, runner) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = ()
+
+
 @HOOKS.register_module()
 class DeployBackboneHook(Hook):
     """Before testing (after the checkpoint is loaded), fuse the InceptionNeXt backbone."""
 
     def before_test_epoch(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        model = getattr(model, 'module', model)  # TTA wrappers hold the model in .module
-        backbone = getattr(model, 'backbone', None)
+        backbone = _backbone_of(runner)
         if not hasattr(backbone, 'fuse'):
             print_log('--deploy: the model has no fusable backbone; testing it unchanged',
                       logger='current', level=30)
