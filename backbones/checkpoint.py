@@ -125,7 +125,7 @@ def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -
             f'{path} does not fit {target}: {len(mismatched)} shape mismatches, e.g. {k} is '
             f'{tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model; '
             f'{hint}')
-    ours, theirs = _blocks_per_stage(own), _blocks_per_stage(state)
+    ours, theirs = blocks_per_stage(own), blocks_per_stage(state)
     common = sorted(set(ours) & set(theirs))
     if any(ours[i] != theirs[i] for i in common):
         raise CheckpointError(
@@ -135,7 +135,7 @@ def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -
     return matched
 
 
-def _blocks_per_stage(state: Mapping) -> dict[int, int]:
+def blocks_per_stage(state: Mapping) -> dict[int, int]:
     """``{stage: number of blocks}`` read from ``stages.I.blocks.J.`` keys (any prefix)."""
     blocks: dict[int, int] = {}
     for key in state:

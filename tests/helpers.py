@@ -1,11 +1,13 @@
 """Shared pieces of the end-to-end tests: tiny configs inheriting the real ones, tool runs."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import runpy
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -66,9 +68,11 @@ def write_config(tmp_path: Path, base: str, tail: str, **fmt) -> str:
     return str(path)
 
 
-def run_tool(*args: str, env: dict | None = None, timeout: int = 600):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def run_tool(*args, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python ARGS...`` in a new process at the repository root (``'tools/x.py', ...`` or
+    ``'-m', 'module', ...``)."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def last_metrics(work_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -82,24 +86,30 @@ def last_metrics(work_dir: Path) -> tuple[list[dict], list[dict]]:
 UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
 
 
-def run_train(argv: list[str], capsys, tool: str = 'train.py') -> tuple[int, str]:
-    """Run tools/train.py (or ``tool``) in this process (imports are shared, so it is quick)."""
-    old = sys.argv
-    sys.argv = [f'tools/{tool}', *argv]
+def run_here(tool: str, *args) -> tuple[int, str, str]:
+    """Run ``tools/<tool>`` as ``__main__`` in this process, at the repository root (imports are
+    shared, so it is quick); returns the exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_cwd = sys.argv, os.getcwd()
+    sys.argv = [f'tools/{tool}', *map(str, args)]
+    os.chdir(ROOT)
     try:
-        runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
+        with redirect_stdout(out), redirect_stderr(err):
+            runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
         code = 0
     except SystemExit as e:
         code = e.code
     finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """Exit status 2, no traceback, and exactly one ``error:`` line holding ``fragments``."""
     lines = [x for x in err.splitlines() if x.startswith('error:')]
     assert code == 2, err[-2000:]
-    assert len(lines) == 1, err[-2000:]
+    assert 'Traceback' not in err and len(lines) == 1, err[-2000:]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 

@@ -5,9 +5,8 @@ import re
 from pathlib import Path
 
 import pytest
-from mmengine.registry import init_default_scope
 
-from backbones.cli.config import load_config
+from backbones.cli.config import build_model, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*.py'))
@@ -15,18 +14,12 @@ PAPER_PARAMS_M = {'upernet_inceptionnext-t': 56, 'upernet_inceptionnext-s': 78,
                   'upernet_inceptionnext-b': 115}
 
 
-def build(cfg):
-    init_default_scope(cfg.default_scope)
-    registry = __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS
-    return registry.build(cfg.model)
-
-
 @pytest.mark.parametrize('config', CONFIGS)
 def test_config_builds(config):
     cfg = load_config(str(ROOT / config), {'model.backbone.init_cfg': None})
     assert cfg.model.backbone.type == 'InceptionNeXt'
     assert 'backbones' in cfg.custom_imports['imports']
-    model = build(cfg)
+    model = build_model(cfg)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     for prefix, expected in PAPER_PARAMS_M.items():
         if config.startswith(f'configs/upernet/{prefix}'):
@@ -42,7 +35,7 @@ def test_overrides_reach_the_model():
         'model.backbone.drop_path_rate': 0.3, 'model.backbone.frozen_stages': 2,
         'model.decode_head.in_channels': [40, 80, 160, 320],
         'model.auxiliary_head.in_channels': 160})
-    backbone = build(cfg).backbone
+    backbone = build_model(cfg).backbone
     assert backbone.dims == (40, 80, 160, 320)
     assert backbone.stages[3].blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
     assert not any(p.requires_grad for p in backbone.stages[1].parameters())
@@ -63,7 +56,7 @@ def test_readme_snippet_builds_and_runs_on_its_base(tmp_path, library):
     path = tmp_path / f'{library}_project.py'
     path.write_text(snippet.splitlines()[0].split(': ', 1)[1] + '\n' + snippet)  # the _base_
     cfg = load_config(str(path), {'model.backbone.init_cfg': None})  # no download here
-    model = build(cfg).eval()
+    model = build_model(cfg)
     assert type(model.backbone).__name__ == 'InceptionNeXt'
     with torch.no_grad():
         feats = model.extract_feat(torch.rand(1, 3, 64, 64))

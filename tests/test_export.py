@@ -1,11 +1,7 @@
 """ONNX export (tools/export.py) and evaluation through ONNX Runtime (--backend onnxruntime)."""
 from __future__ import annotations
 
-import io
 import json
-import runpy
-import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers import ATTO, FAMILIES, ROOT, SEG_TAIL, run_tool, write_config
+from helpers import ATTO, FAMILIES, SEG_TAIL, run_here, run_tool, write_config
 from PIL import Image
 
 pytest.importorskip('onnxruntime')
@@ -53,14 +49,10 @@ def test_shape_free_upsample_equals_mmseg_upsample(scale, mode, align):
 def _build(cfg_path: str, options: list[str]) -> nn.Module:
     """The model of a config with ``--cfg-options`` strings applied, as the tools build it."""
     from mmengine.config import DictAction
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS, init_default_scope
 
-    from backbones.cli.config import load_config
+    from backbones.cli.config import build_model, load_config
     parsed = {k: DictAction._parse_iterable(v) for k, v in (o.split('=', 1) for o in options)}
-    cfg = load_config(cfg_path, parsed)
-    init_default_scope(cfg.default_scope)
-    return revert_sync_batchnorm(MODELS.build(cfg.model))
+    return build_model(load_config(cfg_path, parsed))
 
 
 def _model_and_checkpoint(tmp_path: Path, family: str, root: str) -> tuple[str, list[str], str]:
@@ -99,20 +91,6 @@ def _relative_errors(onnx_file: str, ref: nn.Module, shape: tuple[int, ...]) -> 
             for o, r in zip(outs, refs)]
 
 
-def _run_here(tool: str, *args) -> tuple[int, str]:
-    """``tools/<tool>`` in this process (no interpreter start and imports per run); returns the
-    exit status and what it printed to stdout and stderr."""
-    printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, redirect_stdout(printed), redirect_stderr(printed):
-        mp.setattr(sys, 'argv', [f'tools/{tool}', *map(str, args)])
-        try:
-            runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, printed.getvalue()
-
-
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory, tiny_data):
     """``get(family, part, int8)``: a tiny model, its checkpoint and its export (with an int8
@@ -127,8 +105,9 @@ def exported(tmp_path_factory, tiny_data):
             out = folder / f'{part}.onnx'
             quantize = (['--quantize', 'int8', '--calib-data',
                          f'{tiny_data["seg"]}/images/training', '--calib-num', '3'] if int8 else [])
-            code, printed = _run_here('export.py', cfg, ckpt, out, '--part', part, *CHECKS,
-                                      *quantize, *options)
+            code, stdout, stderr = run_here('export.py', cfg, ckpt, out, '--part', part, *CHECKS,
+                                        *quantize, *options)
+            printed = stdout + stderr
             made[family, part, int8] = SimpleNamespace(
                 cfg=cfg, options=options, ckpt=ckpt, out=out, code=code, printed=printed,
                 folder=folder, int8=folder / f'{part}.int8.onnx')
@@ -224,8 +203,9 @@ def test_infer_tool_onnxruntime_draws_what_pytorch_draws(tmp_path, exported, tin
     drawn = {}
     for backend, checkpoint in (('pytorch', run.ckpt), ('onnxruntime', run.out)):
         out_dir = tmp_path / backend
-        code, printed = _run_here('infer.py', run.cfg, checkpoint, images, '--backend', backend,
-                                  '--out-dir', out_dir, *run.options)
+        code, stdout, stderr = run_here('infer.py', run.cfg, checkpoint, images, '--backend',
+                                        backend, '--out-dir', out_dir, *run.options)
+        printed = stdout + stderr
         assert code == 0, printed[-3000:]
         drawn[backend] = {p.name: np.asarray(Image.open(p)) for p in out_dir.glob('*.png')}
     assert len(drawn['pytorch']) == 2 and drawn['pytorch'].keys() == drawn['onnxruntime'].keys()
@@ -240,16 +220,19 @@ def test_bad_input_is_one_line_error(tmp_path, tiny_data, case):
     ckpt.write_bytes(b'not used')
     options = ['--cfg-options', *ATTO.split(), *overrides.split()]
     if case == 'dir':
-        code, printed = _run_here('export.py', cfg_path, ckpt, tmp_path, *options)
+        code, stdout, stderr = run_here('export.py', cfg_path, ckpt, tmp_path, *options)
+        printed = stdout + stderr
         words = ['is a directory']
     elif case == 'same-file':
-        code, printed = _run_here('export.py', cfg_path, ckpt, ckpt, *options)
+        code, stdout, stderr = run_here('export.py', cfg_path, ckpt, ckpt, *options)
+        printed = stdout + stderr
         words = ['is the input']
     else:
         fake = tmp_path / 'model.onnx'
         fake.write_bytes(b'\x08\x07garbage')
-        code, printed = _run_here('test.py', cfg_path, fake, '--backend', 'onnxruntime',
+        code, stdout, stderr = run_here('test.py', cfg_path, fake, '--backend', 'onnxruntime',
                                   '--work-dir', tmp_path / 'work', *options)
+        printed = stdout + stderr
         words = ['cannot load', str(fake)]
     assert code == 2, printed[-3000:]
     assert 'Traceback' not in printed

@@ -17,8 +17,8 @@ from helpers import (
     SEG_TAIL,
     assert_one_line_error,
     booby_trapped_checkpoint,
+    run_here,
     run_tool,
-    run_train,
     train_args,
     write_config,
 )
@@ -130,7 +130,7 @@ def test_booby_trapped_checkpoint_is_refused_everywhere(path, trap, seg_cfg, tmp
                                *train_args(seg_cfg, work)[3:]]),
         'convert': ('convert_checkpoint.py', [ckpt, str(tmp_path / 'out.pth')]),
     }[path]
-    code, err = run_train(argv, capsys, tool=tool)
+    code, _, err = run_here(tool, *argv)
     assert_one_line_error(code, err, f'refused to load {ckpt}', 'posix.system',
                           '--trust-checkpoint')
     assert not marker.exists(), 'the checkpoint ran its code'
@@ -142,10 +142,10 @@ def test_booby_trapped_url_is_refused(http_dir, trap, capsys, tmp_path, seg_cfg)
     ckpt, marker = trap
     folder, url = http_dir
     (folder / 'trap.pth').write_bytes(open(ckpt, 'rb').read())
-    code, err = run_train(train_args(seg_cfg, tmp_path / 'work',
-                                     "model.backbone.init_cfg.type='Pretrained'",
-                                     f'model.backbone.init_cfg.checkpoint={url}/trap.pth',
-                                     pretrained=True), capsys)
+    code, _, err = run_here('train.py', *train_args(seg_cfg, tmp_path / 'work',
+                                                    "model.backbone.init_cfg.type='Pretrained'",
+                                                    f'model.backbone.init_cfg.checkpoint={url}/trap.pth',
+                                                    pretrained=True))
     assert_one_line_error(code, err, 'refused to load', 'posix.system')
     assert not marker.exists()
 
@@ -153,8 +153,8 @@ def test_booby_trapped_url_is_refused(http_dir, trap, capsys, tmp_path, seg_cfg)
 def test_trust_checkpoint_is_an_explicit_opt_in(trap, tmp_path, capsys):
     """--trust-checkpoint reads the named file with pickle (its code runs: the user said so)."""
     ckpt, marker = trap
-    code, err = run_train([ckpt, str(tmp_path / 'out.pth'), '--trust-checkpoint'], capsys,
-                          tool='convert_checkpoint.py')
+    code, _, err = run_here('convert_checkpoint.py', ckpt, tmp_path / 'out.pth',
+                            '--trust-checkpoint')
     assert marker.exists()
     assert code == 2 and 'no state dict of tensors' in err  # the trap holds no weights
 

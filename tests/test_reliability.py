@@ -19,7 +19,7 @@ from helpers import (
     ROOT,
     SEG_TAIL,
     assert_one_line_error,
-    run_train,
+    run_here,
     train_args,
     write_config,
 )
@@ -50,7 +50,7 @@ def seg_cfg(tmp_path, tiny_data) -> str:
 ])
 def test_bad_config_overrides(seg_cfg, tmp_path, capsys, override, fragments):
     work_dir = tmp_path / 'work'
-    code, err = run_train(train_args(seg_cfg, work_dir, override), capsys)
+    code, _, err = run_here('train.py', *train_args(seg_cfg, work_dir, override))
     assert_one_line_error(code, err, *fragments)
     assert not work_dir.exists()  # found before the Runner makes its folders
 
@@ -80,14 +80,14 @@ def test_num_workers_0_turns_persistent_workers_off():
 
 
 def test_missing_config(capsys):
-    code, err = run_train(['configs/nope.py'], capsys)
+    code, _, err = run_here('train.py', 'configs/nope.py')
     assert_one_line_error(code, err, 'config file not found: configs/nope.py')
 
 
 def test_config_with_unimportable_custom_imports(tmp_path, capsys):
     cfg = tmp_path / 'cfg.py'
     cfg.write_text("custom_imports = dict(imports=['no_such_module'])\n")
-    code, err = run_train([str(cfg)], capsys)
+    code, _, err = run_here('train.py', str(cfg))
     assert_one_line_error(code, err, f'custom_imports of config {cfg}',
                           "No module named 'no_such_module'", 'PYTHONPATH')
 
@@ -115,7 +115,7 @@ def test_bad_pretrained_checkpoints(seg_cfg, tmp_path, capsys, atto_ckpt, case, 
         path = 'http://127.0.0.1:9/inceptionnext_atto.pth'
     work_dir = tmp_path / 'work'
     override = f"model.backbone.init_cfg.checkpoint='{path}'"
-    code, err = run_train(train_args(seg_cfg, work_dir, override, pretrained=True), capsys)
+    code, _, err = run_here('train.py', *train_args(seg_cfg, work_dir, override, pretrained=True))
     assert_one_line_error(code, err, path, *fragments)
     assert not list(work_dir.glob('*.pth'))
 
@@ -142,17 +142,17 @@ def test_bad_model_checkpoints(seg_cfg, tmp_path, capsys, tool, case, fragments)
     work_dir = tmp_path / 'work'
     args = train_args(seg_cfg, work_dir)
     if tool == 'test.py':
-        code, err = run_train([args[0], str(path), *args[1:]], capsys, tool='test.py')
+        code, _, err = run_here('test.py', args[0], str(path), *args[1:])
     else:
-        code, err = run_train([*args, '--resume', str(path)], capsys)
+        code, _, err = run_here('train.py', *args, '--resume', str(path))
     assert_one_line_error(code, err, str(path), *fragments)
     assert not list(work_dir.glob('*.pth'))
 
 
 def test_good_pretrained_checkpoint_loads(seg_cfg, tmp_path, capsys, atto_ckpt):
-    code, err = run_train(train_args(seg_cfg, tmp_path / 'work',
-                                     f"model.backbone.init_cfg.checkpoint='{atto_ckpt}'",
-                                     pretrained=True), capsys)
+    code, _, err = run_here('train.py', *train_args(seg_cfg, tmp_path / 'work',
+                                                    f"model.backbone.init_cfg.checkpoint='{atto_ckpt}'",
+                                                    pretrained=True))
     assert code == 0, err[-2000:]
 
 
@@ -162,7 +162,7 @@ def test_missing_or_empty_dataset(tmp_path, capsys, case):
     if case == 'empty':
         root.mkdir()
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=2)
-    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
+    code, _, err = run_here('train.py', *train_args(cfg, tmp_path / 'work'))
     assert_one_line_error(code, err, str(root), 'make demo-data',
                           'is empty' if case == 'empty' else 'not found')
 
@@ -171,9 +171,8 @@ def test_missing_evaluator_annotation_file(tmp_path, tiny_data, capsys):
     base, tail, overrides = FAMILIES['mask_rcnn']
     cfg = write_config(tmp_path, base, tail, root=tiny_data['det'])
     missing = str(tmp_path / 'elsewhere' / 'instances_val2017.json')
-    code, err = run_train([cfg, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-                           *ATTO.split(), *overrides.split(), f'val_evaluator.ann_file={missing}'],
-                          capsys)
+    code, _, err = run_here('train.py', cfg, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                            *ATTO.split(), *overrides.split(), f'val_evaluator.ann_file={missing}')
     assert_one_line_error(code, err, missing, '--cfg-options val_evaluator.ann_file=PATH')
     assert not (tmp_path / 'work').exists()
 
@@ -189,7 +188,7 @@ def test_unreadable_image_or_label_map(tmp_path, tiny_data, capsys, folder, patt
     bad = sorted((root / folder / 'training').glob(pattern))[index]
     bad.write_bytes(b'\x00garbage')
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=4)
-    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
+    code, _, err = run_here('train.py', *train_args(cfg, tmp_path / 'work'))
     assert_one_line_error(code, err, *(f.format(name=bad.name, path=bad) for f in fragments))
 
 
@@ -200,8 +199,8 @@ def test_annotation_file_that_does_not_parse(tmp_path, tiny_data, capsys):
     ann.write_text(ann.read_text()[:200])
     base, tail, overrides = FAMILIES['mask_rcnn']
     cfg = write_config(tmp_path, base, tail, root=str(root))
-    code, err = run_train([cfg, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-                           *ATTO.split(), *overrides.split()], capsys)
+    code, _, err = run_here('train.py', cfg, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                            *ATTO.split(), *overrides.split())
     assert_one_line_error(code, err, 'does not parse', 'instances_train2017.json')
 
 
@@ -217,13 +216,14 @@ def test_grayscale_rgba_and_odd_sizes_train(tmp_path, tiny_data, capsys):
         ann = root / 'annotations' / 'training' / f'{img.stem}.png'
         Image.open(ann).resize(size, Image.NEAREST).save(ann)
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=2)
-    code, err = run_train(train_args(cfg, tmp_path / 'work'), capsys)
+    code, _, err = run_here('train.py', *train_args(cfg, tmp_path / 'work'))
     assert code == 0, err[-3000:]
 
 
 def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
-    code, err = run_train(train_args(seg_cfg, tmp_path / 'work', 'train_cfg.max_iters=6',
-                                     'optim_wrapper.optimizer.lr=1e30'), capsys)
+    code, _, err = run_here('train.py', *train_args(seg_cfg, tmp_path / 'work',
+                                                    'train_cfg.max_iters=6',
+                                                    'optim_wrapper.optimizer.lr=1e30'))
     assert_one_line_error(code, err, 'the loss became', 'lower the lr', 'may already hold')
     advice = re.search(r'\((optim_wrapper\.clip_grad[^)]*)\)', err).group(1)
     key, value = advice.split('=')  # the advice works as a --cfg-options override

@@ -6,45 +6,22 @@ import os
 import re
 import runpy
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, assert_one_line_error, run_here, run_tool
 from PIL import Image
 
 from backbones import InceptionNeXt
 
-ROOT = Path(__file__).resolve().parents[1]
 UPERNET_T = 'configs/upernet_inceptionnext_t_ade20k.py'
 MASK_RCNN_T = 'configs/mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py'
 TINY_UPERNET = {'model.backbone.arch': 'atto', 'model.backbone.init_cfg': None,
                 'model.decode_head.in_channels': [40, 80, 160, 320],
                 'model.auxiliary_head.in_channels': 160, 'model.decode_head.channels': 32,
                 'model.auxiliary_head.channels': 16}
-
-
-def run_tool(tool: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f'tools/{tool}', *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})})
-
-
-def run_main(monkeypatch, tool: str, *args) -> int | str | None:
-    """Run ``tools/<tool>`` in this process as ``__main__``; return its exit code."""
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, 'argv', [f'tools/{tool}', *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
-    return exit_info.value.code
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert 'Traceback' not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: ') and all(w in last for w in words), last
 
 
 def cfg_options(options: dict) -> list[str]:
@@ -67,7 +44,7 @@ def no_temp_files(folder: Path) -> bool:
 
 @pytest.mark.slow
 def test_get_flops_upernet_t_full_size():
-    proc = run_tool('get_flops.py', UPERNET_T, '--shape', '64', '64')
+    proc = run_tool('tools/get_flops.py', UPERNET_T, '--shape', '64', '64')
     assert proc.returncode == 0, proc.stderr
     rows = table(proc.stdout)
     assert 'input:  1x3x64x64' in proc.stdout
@@ -81,7 +58,7 @@ def test_get_flops_upernet_t_full_size():
 
 @pytest.mark.slow
 def test_get_flops_mask_rcnn_atto_pads_to_divisor():
-    proc = run_tool('get_flops.py', MASK_RCNN_T, '--shape', '60', '90',
+    proc = run_tool('tools/get_flops.py', MASK_RCNN_T, '--shape', '60', '90',
                     *cfg_options({'model.backbone.arch': 'atto',
                                   'model.neck.in_channels': [40, 80, 160, 320],
                                   'model.test_cfg.rpn.max_per_img': 50}))
@@ -104,7 +81,7 @@ def test_convert_timm_checkpoint(tmp_path, timm_atto, suffix):
     else:
         torch.save(timm_atto.state_dict(), src)
     dst = tmp_path / 'out' / 'atto_backbone.pth'
-    proc = run_tool('convert_checkpoint.py', src, dst)
+    proc = run_tool('tools/convert_checkpoint.py', src, dst)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(dst)
     assert 'InceptionNeXt-atto' in proc.stdout
@@ -122,8 +99,8 @@ def test_convert_bad_input_is_one_line_error(tmp_path, case):
     if case == 'not-a-checkpoint':
         src.write_text('not a checkpoint\n')
     dst = tmp_path / 'out.pth'
-    proc = run_tool('convert_checkpoint.py', src, dst)
-    assert_one_line_error(proc, str(src))
+    proc = run_tool('tools/convert_checkpoint.py', src, dst)
+    assert_one_line_error(proc.returncode, proc.stderr, str(src))
     assert not dst.exists() and no_temp_files(tmp_path)
 
 
@@ -138,7 +115,7 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
                 'state_dict': state, 'optimizer': {'state': {0: torch.zeros(3)}},
                 'message_hub': {'log_scalars': {}}, 'param_schedulers': []}, src)
     dst = tmp_path / 'release' / 'upernet_atto.pth'
-    proc = run_tool('convert_checkpoint.py', src, dst)
+    proc = run_tool('tools/convert_checkpoint.py', src, dst)
     assert proc.returncode == 0, proc.stderr
     final = Path(proc.stdout.strip().splitlines()[-1])
     m = re.fullmatch(r'upernet_atto-([0-9a-f]{8})\.pth', final.name)
@@ -150,7 +127,7 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
     assert out['state_dict'].keys() == state.keys()
     assert all(torch.equal(out['state_dict'][k], v) for k, v in state.items())
     assert no_temp_files(dst.parent)
-    again = run_tool('convert_checkpoint.py', src, tmp_path / 'again' / 'upernet_atto.pth')
+    again = run_tool('tools/convert_checkpoint.py', src, tmp_path / 'again' / 'upernet_atto.pth')
     assert Path(again.stdout.strip().splitlines()[-1]).name == final.name  # reproducible name
 
 
@@ -158,13 +135,9 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
 
 def random_checkpoint(folder: Path, config: str, options: dict) -> Path:
     """The config's model with random weights, saved as mmengine saves checkpoints."""
-    from mmengine.registry import MODELS, init_default_scope
-
-    from backbones.cli.config import load_config
-    cfg = load_config(str(ROOT / config), options)
-    init_default_scope(cfg.default_scope)
+    from backbones.cli.config import build_model, load_config
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = build_model(load_config(str(ROOT / config), options))
     path = folder / 'model.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
     return path
@@ -184,7 +157,7 @@ def test_infer_seg_deploy_writes_pngs(tmp_path, seg_checkpoint):
     for name in ('a.jpg', 'b.png'):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / name)
     out_dir = tmp_path / 'vis'
-    proc = run_tool('infer.py', UPERNET_T, seg_checkpoint, images, '--out-dir', out_dir,
+    proc = run_tool('tools/infer.py', UPERNET_T, seg_checkpoint, images, '--out-dir', out_dir,
                     '--deploy', *cfg_options(TINY_UPERNET))
     assert proc.returncode == 0, proc.stderr
     for name in ('a', 'b'):
@@ -203,7 +176,7 @@ def test_infer_det_writes_pngs(tmp_path):
     image = tmp_path / 'street.jpg'
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(image)
-    proc = run_tool('infer.py', MASK_RCNN_T, checkpoint, image, '--out-dir', tmp_path / 'vis',
+    proc = run_tool('tools/infer.py', MASK_RCNN_T, checkpoint, image, '--out-dir', tmp_path / 'vis',
                     '--score-thr', '0', *cfg_options(options))
     assert proc.returncode == 0, proc.stderr
     png = tmp_path / 'vis' / 'street.png'
@@ -215,34 +188,32 @@ def test_infer_det_writes_pngs(tmp_path):
 
 
 @pytest.mark.parametrize('missing', ['image', 'checkpoint', 'config'])
-def test_infer_missing_input_is_one_line_error(tmp_path, seg_checkpoint, monkeypatch, capsys,
-                                               missing):
+def test_infer_missing_input_is_one_line_error(tmp_path, seg_checkpoint, missing):
     """In-process (the CLI itself runs above): ``main()`` exits 2 with one ``error:`` line."""
     image = tmp_path / 'a.png'
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     args = {'config': UPERNET_T, 'checkpoint': seg_checkpoint, 'image': image}
     args[missing] = tmp_path / f'nope_{missing}'
-    code = run_main(monkeypatch, 'infer.py', args['config'], args['checkpoint'], args['image'],
-                    '--out-dir', tmp_path / 'vis', *cfg_options(TINY_UPERNET))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1].startswith('error: ') and f'nope_{missing}' in err[-1]
+    code, _, err = run_here('infer.py', args['config'], args['checkpoint'], args['image'],
+                            '--out-dir', tmp_path / 'vis', *cfg_options(TINY_UPERNET))
+    assert_one_line_error(code, err, f'nope_{missing}')
     assert not (tmp_path / 'vis').exists()
 
 
 # --- print_config.py and the shell launchers --------------------------------------------------
 
 def test_print_config():
-    proc = run_tool('print_config.py', UPERNET_T, '--cfg-options', 'model.backbone.arch=small')
+    proc = run_tool('tools/print_config.py', UPERNET_T, '--cfg-options',
+                    'model.backbone.arch=small')
     assert proc.returncode == 0, proc.stderr
     assert "type='InceptionNeXt'" in proc.stdout and "arch='small'" in proc.stdout
     assert "type='UPerHead'" in proc.stdout
 
 
-def test_print_config_bad_key(monkeypatch, capsys):
-    code = run_main(monkeypatch, 'print_config.py', UPERNET_T, '--cfg-options',
-                    'model.backbon.arch=atto')
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1].startswith('error: ') and 'model.backbon' in err[-1]
+def test_print_config_bad_key():
+    code, _, err = run_here('print_config.py', UPERNET_T, '--cfg-options',
+                            'model.backbon.arch=atto')
+    assert_one_line_error(code, err, 'model.backbon')
 
 
 

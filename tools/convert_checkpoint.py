@@ -18,14 +18,13 @@ from collections.abc import Mapping
 
 import torch
 
-from backbones.checkpoint import HEAD_PREFIX, extract_state_dict, read_checkpoint
+from backbones.checkpoint import HEAD_PREFIX, blocks_per_stage, extract_state_dict, read_checkpoint
 from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError
 from backbones.inception_next import ARCH_SETTINGS, InceptionNeXt
 from backbones.runtime.files import write_atomic
 
 RELEASE_META_KEYS = ('dataset_meta', 'mmengine_version', 'epoch', 'iter')
-_BLOCK_KEY = re.compile(r'^stages\.(\d)\.blocks\.(\d+)\.')
 _OUT_NORM_KEY = re.compile(r'^norm(\d)\.')
 
 
@@ -60,12 +59,7 @@ def is_trained_model(checkpoint: Mapping) -> bool:
 
 def detect_arch(state: Mapping[str, torch.Tensor], source: str) -> str:
     """The ``ARCH_SETTINGS`` name whose depths and dims the keys and shapes of ``state`` match."""
-    blocks: dict[int, int] = {}
-    for key in state:
-        m = _BLOCK_KEY.match(key)
-        if m:
-            stage, block = int(m.group(1)), int(m.group(2))
-            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    blocks = blocks_per_stage(state)
     if sorted(blocks) != [0, 1, 2, 3] or 'stem.0.weight' not in state:
         raise CheckpointError(f'{source} is not an InceptionNeXt checkpoint: no stem.0 and '
                               f'stages.0-3.blocks keys (first keys: {list(state)[:3]})')

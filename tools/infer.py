@@ -20,12 +20,11 @@ from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import load_config, task_of
+from backbones.cli.data_check import IMAGE_SUFFIXES, image_files
 from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError, DataError
 from backbones.inception_next import InceptionNeXt
 from backbones.runtime.layout import channels_last_inside
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,10 +55,9 @@ def collect_images(paths: list[str]) -> list[str]:
     images = []
     for path in paths:
         if osp.isdir(path):
-            found = sorted(osp.join(path, f) for f in os.listdir(path)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = image_files(path)
             if not found:
-                raise DataError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in directory {path}')
+                raise DataError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in directory {path}')
             images += found
         elif osp.isfile(path):
             images.append(path)

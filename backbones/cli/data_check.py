@@ -81,17 +81,23 @@ def _check_evaluator_files(cfg: Config, name: str) -> None:
                             f'copy with --cfg-options {key}.ann_file=PATH')
 
 
+def image_files(folder: str, recursive: bool = False) -> list[str]:
+    """The sorted paths of the image files (by suffix, any case) in ``folder``."""
+    walk = os.walk(folder) if recursive else [(folder, None, os.listdir(folder))]
+    return sorted(osp.join(root, name) for root, _, names in walk for name in names
+                  if name.lower().endswith(IMAGE_SUFFIXES))
+
+
 def _first_unreadable_file(cfg: Config) -> str | None:
     """The first file in the configured image and label folders whose header PIL cannot read."""
     for loader in LOADERS:
         for ds in _datasets((cfg.get(loader) or {}).get('dataset')):
             for folder in _prefix_folders(ds):
-                for dirpath, _, names in sorted(os.walk(folder)):
-                    for name in sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES)):
-                        try:
-                            Image.open(osp.join(dirpath, name)).close()
-                        except (OSError, ValueError):
-                            return osp.join(dirpath, name)
+                for path in image_files(folder, recursive=True):
+                    try:
+                        Image.open(path).close()
+                    except (OSError, ValueError):
+                        return path
     return None
 
 

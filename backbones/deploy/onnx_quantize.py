@@ -5,7 +5,6 @@ data preprocessor, so calibration sees exactly what evaluation will feed the fil
 """
 from __future__ import annotations
 
-import os
 import os.path as osp
 import tempfile
 
@@ -14,9 +13,8 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
+from ..cli.data_check import IMAGE_SUFFIXES, image_files
 from ..errors import DataError
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def calibration_images(folder: str, num: int) -> list[str]:
@@ -24,10 +22,9 @@ def calibration_images(folder: str, num: int) -> list[str]:
     if not osp.isdir(folder):
         raise DataError(f'--calib-data {folder}: not a directory (give the training images, e.g. '
                         'data/ade/ADEChallengeData2016/images/training)')
-    files = sorted(osp.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    files = image_files(folder, recursive=True)
     if not files:
-        raise DataError(f'--calib-data {folder}: no images ({", ".join(IMAGE_EXTENSIONS)})')
+        raise DataError(f'--calib-data {folder}: no images ({", ".join(IMAGE_SUFFIXES)})')
     if num < 1:
         raise DataError(f'--calib-num must be at least 1, got {num}')
     picks = np.linspace(0, len(files) - 1, min(num, len(files))).round().astype(int)
