@@ -1,0 +1,359 @@
+"""Bad input fails with one clear line, exit status 2 and nothing damaged (one table, growing
+with every case found); faults (a failed save, a killed run, a diverging loss) lose nothing."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    ATTO,
+    FAMILIES,
+    ROOT,
+    SEG_TAIL,
+    assert_one_line_error,
+    run_here,
+    train_args,
+    write_config,
+)
+from PIL import Image
+
+from backbones.cli.config import load_config
+
+# --- the table --------------------------------------------------------------------------------
+# Each case: (id, tool, make, fragments). ``make(ctx)`` writes what the case needs under ctx.tmp
+# and returns the tool's arguments; ``fragments`` (formatted with ctx's attributes) must all be in
+# the one ``error:`` line. Every case also checks exit status 2, no traceback, no warnings before
+# the error line, and that no file under ctx.tmp (nor the shared test data) changed.
+
+def _config_dir(ctx, name: str) -> Path:
+    (ctx.tmp / name).mkdir(exist_ok=True)
+    return ctx.tmp / name
+
+
+def _seg_cfg(ctx, root: str | None = None, iters: int = 2) -> str:
+    return write_config(_config_dir(ctx, 'cfg_seg'), FAMILIES['upernet'][0], SEG_TAIL,
+                        root=root or ctx.data['seg'], iters=iters)
+
+
+def _det_cfg(ctx, root: str | None = None) -> str:
+    base, tail, _ = FAMILIES['mask_rcnn']
+    return write_config(_config_dir(ctx, 'cfg_det'), base, tail, root=root or ctx.data['det'])
+
+
+def _train(ctx, *overrides: str, cfg: str | None = None, pretrained: bool = False) -> list:
+    return train_args(cfg or _seg_cfg(ctx), ctx.work, *overrides, pretrained=pretrained)
+
+
+def _det_train(ctx, *overrides: str, root: str | None = None) -> list:
+    return [_det_cfg(ctx, root), '--work-dir', str(ctx.work), '--cfg-options', *ATTO.split(),
+            *FAMILIES['mask_rcnn'][2].split(), *overrides]
+
+
+def _copy_data(ctx, kind: str) -> Path:
+    root = ctx.tmp / kind
+    shutil.copytree(ctx.data[kind], root)
+    return root
+
+
+def _pretrained(ctx, make_file) -> list:
+    path = make_file(ctx)
+    ctx.path = path
+    return _train(ctx, f"model.backbone.init_cfg.checkpoint='{path}'", pretrained=True)
+
+
+def _truncated(ctx, source: str) -> str:
+    data = Path(source).read_bytes()
+    (ctx.tmp / 'truncated.pth').write_bytes(data[:len(data) // 3])
+    return str(ctx.tmp / 'truncated.pth')
+
+
+def _text_file(ctx) -> str:
+    (ctx.tmp / 'text.pth').write_text('not a checkpoint')
+    return str(ctx.tmp / 'text.pth')
+
+
+def _saved(ctx, obj, name: str = 'ckpt.pth') -> str:
+    torch.save(obj, ctx.tmp / name)
+    return str(ctx.tmp / name)
+
+
+def _model_ckpt(ctx, state: dict) -> str:
+    ctx.path = _saved(ctx, {'state_dict': state, 'meta': {}}, 'iter_2.pth')
+    return ctx.path
+
+
+def _bad_model_ckpt(ctx, case: str) -> str:
+    if case == 'text':
+        ctx.path = _text_file(ctx)
+        return ctx.path
+    state = {'other_arch': {'backbone.stem.0.weight': torch.zeros(96, 3, 4, 4)},
+             'no_match': {'conv1.weight': torch.zeros(8, 3, 3, 3)},
+             'truncated': {'backbone.stem.0.weight': torch.zeros(40, 3, 4, 4)}}[case]
+    path = _model_ckpt(ctx, state)
+    if case == 'truncated':
+        Path(path).write_bytes(Path(path).read_bytes()[:300])
+    return path
+
+
+def _unreadable(ctx, folder: str, pattern: str, index: int) -> list:
+    root = _copy_data(ctx, 'seg')
+    ctx.bad = sorted((root / folder / 'training').glob(pattern))[index]
+    ctx.bad.write_bytes(b'\x00garbage')
+    return _train(ctx, cfg=_seg_cfg(ctx, str(root), iters=4))
+
+
+def _coco_not_parsing(ctx) -> list:
+    root = _copy_data(ctx, 'det')
+    ann = root / 'annotations' / 'instances_train2017.json'
+    ann.write_text(ann.read_text()[:200])
+    return _det_train(ctx, root=str(root))
+
+
+def _missing_dataset(ctx, empty: bool) -> list:
+    ctx.root = ctx.tmp / 'ADEChallengeData2016'
+    if empty:
+        ctx.root.mkdir()
+    return _train(ctx, cfg=_seg_cfg(ctx, str(ctx.root)))
+
+
+def _unimportable(ctx) -> list:
+    ctx.cfg = ctx.tmp / 'bad_imports.py'
+    ctx.cfg.write_text("custom_imports = dict(imports=['no_such_module'], "
+                       'allow_failed_imports=False)\n')
+    return [str(ctx.cfg)]
+
+
+OVERRIDES = [  # (--cfg-options override, fragments of the error)
+    ('modle.backbone.arch=atto', ["no key 'modle'"]),
+    ('model.backbone.drop_path_rate=abc', ['expected a number']),
+    ("model.backbone.arch='huge'", ["unknown arch 'huge'"]),
+    ('model.backbone.out_indices=[0,5]', ['out_indices']),
+    ('model.backbone.frozen_stages=7', ['frozen_stages']),
+    ('model.backbone.archh=1', ["unexpected keyword argument 'archh'"]),
+    ('model.backbonee.arch=atto', ["no key 'model.backbonee'"]),
+    ('model.backbone.init_cfg.checkpoint=x.pth',  # besides model.backbone.init_cfg=None
+     ["sets both 'model.backbone.init_cfg' and 'model.backbone.init_cfg.checkpoint'"]),
+    ('train_cfg.max_iters.x=1', ["'train_cfg.max_iters' is 2", 'not a dict']),
+    ('model.decode_head.in_channels=[96,192,384,768]',
+     ['InceptionNeXt atto gives [40, 80, 160, 320]', 'in_channels=[40,80,160,320]']),
+]
+
+CASES = [
+    *[(f'override {o}', 'train.py', lambda ctx, o=o: _train(ctx, o), f) for o, f in OVERRIDES],
+    ('missing config', 'train.py', lambda ctx: ['configs/nope.py'],
+     ['config file not found: configs/nope.py']),
+    ('unimportable custom_imports', 'train.py', _unimportable,
+     ['custom_imports of config {cfg}', "No module named 'no_such_module'", 'PYTHONPATH']),
+    # pretrained weights (init_cfg)
+    ('pretrained missing', 'train.py',
+     lambda ctx: _pretrained(ctx, lambda c: str(c.tmp / 'nope.pth')),
+     ['{path}', 'checkpoint not found']),
+    ('pretrained truncated', 'train.py',
+     lambda ctx: _pretrained(ctx, lambda c: _truncated(c, c.atto_ckpt)),
+     ['{path}', 'cannot read checkpoint', 'truncated']),
+    ('pretrained text', 'train.py', lambda ctx: _pretrained(ctx, _text_file),
+     ['{path}', 'cannot read checkpoint']),
+    ('pretrained other arch', 'train.py',
+     lambda ctx: _pretrained(ctx, lambda c: _saved(c, {'stem.0.weight': torch.zeros(96, 3, 4, 4)})),
+     ['{path}', 'does not fit the InceptionNeXt backbone', 'shape mismatch']),
+    ('pretrained no match', 'train.py',
+     lambda ctx: _pretrained(ctx, lambda c: _saved(c, {'conv1.weight': torch.zeros(8, 3, 3, 3)})),
+     ['{path}', 'no key of']),
+    ('pretrained url', 'train.py',
+     lambda ctx: _pretrained(ctx, lambda c: 'http://127.0.0.1:9/inceptionnext_atto.pth'),
+     ['{path}', 'cannot read checkpoint', 'download it by hand']),
+    # whole-model checkpoints: test.py CHECKPOINT and train.py --resume CHECKPOINT
+    *[(f'{tool} {case} checkpoint', tool,
+       lambda ctx, tool=tool, case=case: (
+           [_seg_cfg(ctx), _bad_model_ckpt(ctx, case), '--work-dir', str(ctx.work),
+            '--cfg-options', *ATTO.split(), *FAMILIES['upernet'][2].split()]
+           if tool == 'test.py' else [*_train(ctx), '--resume', _bad_model_ckpt(ctx, case)]),
+       ['{path}', *fragments])
+      for tool in ('test.py', 'train.py')
+      for case, fragments in [
+          ('truncated', ['cannot read checkpoint', 'truncated']),
+          ('text', ['cannot read checkpoint']),
+          ('other_arch', ['does not fit the model of the config', 'shape mismatch']),
+          ('no_match', ['no key of', 'matches the model of the config'])]],
+    # data
+    ('dataset missing', 'train.py', lambda ctx: _missing_dataset(ctx, empty=False),
+     ['{root}', 'make demo-data', 'not found']),
+    ('dataset empty', 'train.py', lambda ctx: _missing_dataset(ctx, empty=True),
+     ['{root}', 'make demo-data', 'is empty']),
+    ('evaluator annotation file missing', 'train.py',
+     lambda ctx: _det_train(ctx, f'val_evaluator.ann_file={ctx.tmp}/elsewhere/instances.json'),
+     ['{tmp}/elsewhere/instances.json', '--cfg-options val_evaluator.ann_file=PATH']),
+    ('image unreadable', 'train.py', lambda ctx: _unreadable(ctx, 'images', '*.jpg', 0),
+     ['failed to load image', '{bad.name}']),
+    ('label map unreadable', 'train.py', lambda ctx: _unreadable(ctx, 'annotations', '*.png', 1),
+     ['{bad} is not a readable image', 'replace it']),
+    ('COCO annotation file does not parse', 'train.py', _coco_not_parsing,
+     ['does not parse', 'instances_train2017.json']),
+]
+
+
+def _snapshot(*roots: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for root in roots for p in sorted(Path(root).rglob('*')) if p.is_file()}
+
+
+@pytest.fixture()
+def ctx(tmp_path, tiny_data, atto_ckpt) -> SimpleNamespace:
+    return SimpleNamespace(tmp=tmp_path, work=tmp_path / 'work', data=tiny_data,
+                           atto_ckpt=atto_ckpt)
+
+
+@pytest.mark.parametrize('tool,make,fragments', [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input(ctx, tool, make, fragments):
+    """One ``error:`` line naming the problem, exit status 2, no traceback or warning before it,
+    and nothing changed: the case's files, the shared test data, no checkpoint written."""
+    args = make(ctx)
+    before = _snapshot(ctx.tmp, *map(Path, ctx.data.values()))
+    code, _, err = run_here(tool, *args)
+    assert_one_line_error(code, err, *(f.format(**vars(ctx)) for f in fragments))
+    before_error = err.split('error:')[0]
+    assert 'Warning' not in before_error, before_error[-2000:]
+    after = _snapshot(ctx.tmp, *map(Path, ctx.data.values()))
+    assert {k: v for k, v in after.items() if not k.startswith(str(ctx.work))} == before
+    assert not list(ctx.work.rglob('*.pth'))
+
+
+# --- what must work ---------------------------------------------------------------------------
+@pytest.fixture()
+def seg_cfg(tmp_path, tiny_data) -> str:
+    return write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                        iters=2)
+
+
+def test_overrides_create_keys_below_typed_dicts_and_none_settings():
+    demo = str(ROOT / 'configs' / 'demo' / 'upernet_inceptionnext-t_demo_ade20k.py')
+    assert load_config(demo).model.backbone.init_cfg is None
+    assert load_config(demo).optim_wrapper.clip_grad is None
+    cfg = load_config(demo, {'optim_wrapper.clip_grad.max_norm': 1.0,
+                             'model.backbone.init_cfg.type': 'Pretrained',
+                             'model.backbone.init_cfg.checkpoint': 'x.pth'})
+    assert cfg.optim_wrapper.clip_grad == dict(max_norm=1.0)
+    assert cfg.model.backbone.init_cfg == dict(type='Pretrained', checkpoint='x.pth')
+
+
+def test_backbone_with_a_scope_key_loads():
+    cfg = load_config(str(ROOT / 'configs' / 'upernet_inceptionnext_t_ade20k.py'),
+                      {'model.backbone._scope_': 'mmseg'})
+    assert cfg.model.backbone._scope_ == 'mmseg'
+
+
+def test_num_workers_0_turns_persistent_workers_off():
+    cfg = load_config(str(ROOT / 'configs' / 'upernet_inceptionnext_t_ade20k.py'),
+                      {'train_dataloader.num_workers': 0})
+    assert cfg.train_dataloader.persistent_workers is False  # torch refuses it without workers
+    assert cfg.val_dataloader.persistent_workers is True
+
+
+def test_good_pretrained_checkpoint_loads(seg_cfg, tmp_path, capsys, atto_ckpt):
+    code, _, err = run_here('train.py', *train_args(seg_cfg, tmp_path / 'work',
+                                                    f"model.backbone.init_cfg.checkpoint='{atto_ckpt}'",
+                                                    pretrained=True))
+    assert code == 0, err[-2000:]
+
+
+def test_grayscale_rgba_and_odd_sizes_train(tmp_path, tiny_data, capsys):
+    root = tmp_path / 'ade'
+    shutil.copytree(tiny_data['seg'], root)
+    images = sorted((root / 'images' / 'training').glob('*.jpg'))
+    Image.open(images[0]).convert('L').resize((61, 45)).save(images[0], format='JPEG')
+    rgba = Image.open(images[1]).convert('RGBA')
+    rgba.putalpha(128)
+    rgba.resize((77, 50)).save(images[1], format='PNG')  # PNG bytes under a .jpg name
+    for img, size in ((images[0], (61, 45)), (images[1], (77, 50))):
+        ann = root / 'annotations' / 'training' / f'{img.stem}.png'
+        Image.open(ann).resize(size, Image.NEAREST).save(ann)
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=2)
+    code, _, err = run_here('train.py', *train_args(cfg, tmp_path / 'work'))
+    assert code == 0, err[-3000:]
+
+
+def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
+    code, _, err = run_here('train.py', *train_args(seg_cfg, tmp_path / 'work',
+                                                    'train_cfg.max_iters=6',
+                                                    'optim_wrapper.optimizer.lr=1e30'))
+    assert_one_line_error(code, err, 'the loss became', 'lower the lr', 'may already hold')
+    advice = re.search(r'\((optim_wrapper\.clip_grad[^)]*)\)', err).group(1)
+    key, value = advice.split('=')  # the advice works as a --cfg-options override
+    assert load_config(seg_cfg, {key: float(value)}).optim_wrapper.clip_grad.max_norm == 1.0
+
+
+def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path):
+    """SafeRunHook's atomic saving: a save that dies midway (a full disk) leaves no partial
+    file, the last checkpoint intact, and the runner as it was after the run."""
+    from backbones.runtime.hooks import atomic_checkpoints
+
+    class Runner:
+        hooks: list = []
+        fail = False
+
+        def save_checkpoint(self, out_dir: str, filename: str) -> None:
+            with open(os.path.join(out_dir, filename), 'wb') as f:
+                torch.save({'w': torch.zeros(3) if self.fail else torch.ones(3)}, f)
+                if self.fail:
+                    raise OSError(28, 'No space left on device')
+
+    runner = Runner()
+    with atomic_checkpoints(runner):
+        runner.save_checkpoint(str(tmp_path), 'iter_1.pth')
+        runner.fail = True
+        with pytest.raises(OSError, match='No space left'):
+            runner.save_checkpoint(str(tmp_path), 'iter_1.pth')
+    assert 'save_checkpoint' not in vars(runner)  # the wrapper is gone after the run
+    assert [p.name for p in tmp_path.iterdir()] == ['iter_1.pth']  # no partial file left
+    assert torch.equal(torch.load(tmp_path / 'iter_1.pth', weights_only=True)['w'], torch.ones(3))
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_loadable_checkpoint_and_resume_continues(tmp_path, tiny_data):
+    """Kill -9 twice at random moments (one right after a resume), then resume once more."""
+    from backbones.runtime.adapt import latest_complete_checkpoint
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                       iters=1000)
+    work_dir = tmp_path / 'work'
+    args = [sys.executable, 'tools/train.py', *train_args(
+        cfg, work_dir, 'default_hooks.checkpoint.interval=1',
+        'default_hooks.checkpoint.max_keep_ckpts=1')]
+    rng = np.random.default_rng(0)
+    saved = 0
+    for attempt in range(2):
+        proc = subprocess.Popen(args + ['--resume'] * attempt, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while _latest_iter(work_dir) <= saved and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.0, 1.5)))  # somewhere in the next iterations and saves
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        finals = list(work_dir.glob('*.pth'))
+        assert finals, 'no checkpoint survived'
+        for path in finals:  # every file under a final name is complete
+            torch.load(path, map_location='cpu', weights_only=False)
+        last = latest_complete_checkpoint(str(work_dir))
+        saved = torch.load(last, map_location='cpu', weights_only=False)['meta']['iter']
+        assert saved >= 1
+    result = subprocess.run(args + [f'train_cfg.max_iters={saved + 1}', '--resume'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'resumed epoch: 0, iter: {saved}' in result.stdout + result.stderr
+    assert (work_dir / f'iter_{saved + 1}.pth').is_file()
+
+
+def _latest_iter(work_dir: Path) -> int:
+    return max((int(p.stem.split('_')[1]) for p in work_dir.glob('iter_*.pth')), default=0)
