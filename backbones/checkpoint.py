@@ -89,8 +89,9 @@ def fit_model_checkpoint(model: nn.Module, path: str,
     """Read a whole-model checkpoint (mmdet/mmseg, from training) and check it against ``model``
     (wrappers and TTA models unwrapped): returns ``(checkpoint, state to load)``.
 
-    Raises ``CheckpointError`` if the file is unreadable, no key matches or a shape differs; logs
-    the model tensors the file lacks (they would keep their initial values).
+    Raises ``CheckpointError`` if the file is unreadable, a shape differs, or it does not cover
+    every tensor of the model: a checkpoint of another model family can match the backbone's keys
+    alone, and its heads would silently stay random.
     """
     from mmengine.model import BaseTTAModel, is_model_wrapper
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
@@ -106,8 +107,11 @@ def fit_model_checkpoint(model: nn.Module, path: str,
                         'is it a checkpoint of this config (same arch and heads)?')
     missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
     if missing:
-        print_log(f'{len(missing)} model tensors are not in {path} and keep their initial '
-                  f'values: {_short(missing, 3)}', logger='current', level=30)
+        parts = sorted({k.split('.')[0] for k in missing})
+        raise CheckpointError(f'{path} does not cover the model of the config: {len(missing)} of '
+                              f'its {len(own)} tensors are not in the file ({", ".join(parts)}; '
+                              f'e.g. {missing[0]}): is it a checkpoint of another model? Give '
+                              'one saved by training this config')
     return checkpoint, {k: state[k] for k in matched}
 
 

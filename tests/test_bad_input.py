@@ -23,12 +23,14 @@ from helpers import (
     SEG_TAIL,
     assert_one_line_error,
     run_here,
+    run_tool,
     train_args,
     write_config,
 )
+from mmengine.config import DictAction
 from PIL import Image
 
-from backbones.cli.config import load_config
+from backbones.cli.config import build_model, load_config
 
 # --- the table --------------------------------------------------------------------------------
 # Each case: (id, tool, make, fragments). ``make(ctx)`` writes what the case needs under ctx.tmp
@@ -84,7 +86,10 @@ def _text_file(ctx) -> str:
 
 
 def _saved(ctx, obj, name: str = 'ckpt.pth') -> str:
-    torch.save(obj, ctx.tmp / name)
+    if isinstance(obj, bytes):
+        (ctx.tmp / name).write_bytes(obj)
+    else:
+        torch.save(obj, ctx.tmp / name)
     return str(ctx.tmp / name)
 
 
@@ -132,6 +137,44 @@ def _unimportable(ctx) -> list:
     ctx.cfg.write_text("custom_imports = dict(imports=['no_such_module'], "
                        'allow_failed_imports=False)\n')
     return [str(ctx.cfg)]
+
+
+def _empty_config(ctx) -> list:
+    ctx.cfg = ctx.tmp / 'empty.py'
+    ctx.cfg.write_text('')
+    return [str(ctx.cfg)]
+
+
+def _work_dir_is_a_file(ctx) -> list:
+    ctx.work.write_text('my notes')
+    return _train(ctx)
+
+
+def _seg_model_file(ctx, **content) -> str:
+    """A complete UperNet-atto model file (random weights), as training would hold it."""
+    cfg = load_config(_seg_cfg(ctx), {k: DictAction._parse_iterable(v) for k, v in (
+        o.split('=', 1) for o in [*ATTO.split(), *FAMILIES['upernet'][2].split()])})
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    ctx.path = _saved(ctx, {'state_dict': state, 'meta': {}, **content}, 'upernet.pth')
+    return ctx.path
+
+
+def _symlinked_release(ctx) -> list:
+    trained = Path(_seg_model_file(ctx))
+    ctx.link = ctx.tmp / 'latest.pth'
+    ctx.link.symlink_to(trained)
+    return [str(ctx.link), str(trained)]
+
+
+def _trained_then_regrouped(ctx) -> list:
+    """A real 2-iteration run, resumed with another lr-decay grouping."""
+    first = ctx.tmp / 'first'
+    done = run_tool('tools/train.py', *train_args(_seg_cfg(ctx), first))
+    assert done.returncode == 0, done.stderr[-2000:]
+    ctx.path = str(first / 'iter_2.pth')
+    return [*_train(ctx, 'train_cfg.max_iters=3',
+                    "optim_wrapper.paramwise_cfg.decay_type='layer_wise'"), '--resume', ctx.path]
 
 
 OVERRIDES = [  # (--cfg-options override, fragments of the error)
@@ -200,6 +243,60 @@ CASES = [
      ['{bad} is not a readable image', 'replace it']),
     ('COCO annotation file does not parse', 'train.py', _coco_not_parsing,
      ['does not parse', 'instances_train2017.json']),
+    # constructors that take **kwargs or check values only when a run reaches them
+    ('kwargs typo reaching the first save', 'train.py',
+     lambda ctx: _train(ctx, 'default_hooks.checkpoint.max_keep_ckpt=1'),
+     ['default_hooks.checkpoint', "'max_keep_ckpt'", "did you mean 'max_keep_ckpts'"]),
+    ('dataset argument typo', 'train.py',
+     lambda ctx: _train(ctx, "train_dataloader.dataset.img_sufix='.jpg'"),
+     ['train_dataloader.dataset', "'img_sufix'", "did you mean 'img_suffix'"]),
+    ('evaluator argument typo (silently ignored by mmseg)', 'train.py',
+     lambda ctx: _train(ctx, "val_evaluator.iou_metric=['mIoU']"),
+     ['val_evaluator', "'iou_metric'", "did you mean 'iou_metrics'"]),
+    ('scheduler argument typo', 'train.py',
+     lambda ctx: _train(ctx, 'param_scheduler.0.factr=1.0'),
+     ['param_scheduler.0', "'factr'", "did you mean 'factor'"]),
+    ('negative lr', 'train.py', lambda ctx: _train(ctx, 'optim_wrapper.optimizer.lr=-1'),
+     ['optim_wrapper.optimizer', 'Invalid learning rate: -1']),
+    ('batch size 0', 'train.py', lambda ctx: _train(ctx, 'train_dataloader.batch_size=0'),
+     ['train_dataloader.batch_size is 0', '>= 1']),
+    ('empty config file', 'train.py', _empty_config, ['config {cfg} defines no model']),
+    # checkpoints that fit only partly, or hold the wrong kind of state
+    ('test.py with a checkpoint of another model family', 'test.py',
+     lambda ctx: [_det_cfg(ctx), _seg_model_file(ctx), '--work-dir', str(ctx.work),
+                  '--cfg-options', *ATTO.split(), *FAMILIES['mask_rcnn'][2].split()],
+     ['{path} does not cover the model of the config', 'neck', 'another model']),
+    ('infer.py with a checkpoint of another model family', 'infer.py',
+     lambda ctx: [_det_cfg(ctx), _seg_model_file(ctx), sorted(
+         (Path(ctx.data['det']) / 'val2017').glob('*.jpg'))[0], '--out-dir', str(ctx.work),
+         '--cfg-options', *ATTO.split(), *FAMILIES['mask_rcnn'][2].split()],
+     ['{path} does not cover the model of the config']),
+    ('--resume with a weights-only file', 'train.py',
+     lambda ctx: [*_train(ctx), '--resume', _seg_model_file(ctx)],
+     ['--resume {path} holds weights only', 'load_from={path}']),
+    ('--resume after changing the lr-decay grouping', 'train.py', _trained_then_regrouped,
+     ['--resume {path}', 'parameter groups', 'load_from={path}']),
+    # outputs
+    ('work dir is an existing file', 'train.py', _work_dir_is_a_file,
+     ['work dir {work} is an existing file']),
+    ('convert onto its own input through a symlink', 'convert_checkpoint.py', _symlinked_release,
+     ['DST {path} is the input {link}']),
+    ('convert onto its own input', 'convert_checkpoint.py',
+     lambda ctx: [_seg_model_file(ctx)] * 2, ['DST {path} is the input {path}']),
+    ('infer --out-dir is an existing file', 'infer.py',
+     lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx), sorted(
+         (Path(ctx.data['seg']) / 'images' / 'validation').glob('*.jpg'))[0], '--out-dir',
+         _text_file(ctx)], ['--out-dir', 'is an existing file']),
+    ('export OUT is a folder', 'export.py',
+     lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx), str(ctx.tmp)],
+     ['OUT {tmp} is a folder']),
+    ('test.py --backend onnxruntime with a file that is not ONNX', 'test.py',
+     lambda ctx: [*_train(ctx)[:1], _saved(ctx, b'\x08\x07garbage', 'model.onnx'), '--backend',
+                  'onnxruntime', *_train(ctx)[1:]],
+     ['cannot load', '{tmp}/model.onnx']),
+    ('export OUT is the checkpoint', 'export.py',
+     lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx), _seg_model_file(ctx)],
+     ['OUT {path} is the input']),
 ]
 
 
@@ -226,7 +323,9 @@ def test_bad_input(ctx, tool, make, fragments):
     before_error = err.split('error:')[0]
     assert 'Warning' not in before_error, before_error[-2000:]
     after = _snapshot(ctx.tmp, *map(Path, ctx.data.values()))
-    assert {k: v for k, v in after.items() if not k.startswith(str(ctx.work))} == before
+    inside_work = f'{ctx.work}{os.sep}'
+    assert {k: v for k, v in after.items() if not k.startswith(inside_work)} == {
+        k: v for k, v in before.items() if not k.startswith(inside_work)}
     assert not list(ctx.work.rglob('*.pth'))
 
 

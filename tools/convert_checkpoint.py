@@ -20,6 +20,7 @@ import torch
 
 from backbones.checkpoint import HEAD_PREFIX, blocks_per_stage, extract_state_dict, read_checkpoint
 from backbones.cli.main import one_line_errors
+from backbones.cli.outputs import check_output_file
 from backbones.errors import CheckpointError, ConfigError
 from backbones.inception_next import ARCH_SETTINGS, InceptionNeXt
 from backbones.runtime.files import write_atomic
@@ -131,8 +132,7 @@ def save_release(release: dict, dst: str) -> str:
 @one_line_errors
 def main() -> None:
     args = parse_args()
-    if osp.abspath(args.src) == osp.abspath(args.dst):
-        raise ConfigError('SRC and DST are the same file; write the conversion elsewhere')
+    check_output_file(args.dst, [args.src], 'DST')
     if not osp.isfile(args.src):
         raise CheckpointError(f'checkpoint not found: {args.src}')
     checkpoint = read_checkpoint(args.src, trusted=args.trust_checkpoint)

@@ -23,6 +23,7 @@ from mmengine.config import Config, DictAction
 from backbones.checkpoint import fit_model_checkpoint, load_pretrained
 from backbones.cli.config import build_model, load_config, task_of
 from backbones.cli.main import one_line_errors
+from backbones.cli.outputs import check_output_file
 from backbones.deploy.onnx_export import (
     BackboneFeatures,
     DetectorFeatures,
@@ -72,12 +73,8 @@ def parse_check_shape(text: str) -> tuple[int, int, int]:
 
 
 def check_out_path(out: str, inputs: list[str]) -> None:
-    """Refuse a folder, or a path that would overwrite one of the inputs."""
-    if osp.isdir(out):
-        raise UserError(f'{out} is a directory; give the file to write, e.g. {out}/model.onnx')
-    for path in inputs:
-        if path and osp.exists(out) and osp.exists(path) and osp.samefile(out, path):
-            raise UserError(f'{out} is the input {path}; give another output file')
+    """Refuse a folder, one of the inputs, or a name that is not .onnx."""
+    check_output_file(out, inputs, 'OUT')
     if not out.endswith('.onnx'):
         raise UserError(f'{out}: the output file must end in .onnx')
 

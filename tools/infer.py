@@ -22,6 +22,7 @@ from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import load_config, task_of
 from backbones.cli.data_check import IMAGE_SUFFIXES, image_files
 from backbones.cli.main import one_line_errors
+from backbones.cli.outputs import check_output_folder
 from backbones.errors import CheckpointError, ConfigError, DataError
 from backbones.inception_next import InceptionNeXt
 from backbones.runtime.layout import channels_last_inside
@@ -129,6 +130,7 @@ def main() -> None:
     task = task_of(cfg)
     device = check_device(args.device)
     images = collect_images(args.images)
+    check_output_folder(args.out_dir, '--out-dir')
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
     model, visualizer = build(cfg, task, device)

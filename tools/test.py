@@ -14,8 +14,10 @@ from mmengine.runner import Runner
 
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import default_work_dir, load_config, task_of
+from backbones.cli.constructors import check_constructors
 from backbones.cli.data_check import check_data_roots, readable_data_errors
 from backbones.cli.main import one_line_errors
+from backbones.cli.outputs import check_output_file, check_output_folder
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import amp
 from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
@@ -69,6 +71,13 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
+    check_constructors(cfg, train=False)
+    if args.out and task == 'det':
+        check_output_file(args.out, [args.checkpoint, args.config], '--out')
+    elif args.out:
+        check_output_folder(args.out, '--out')
+    if args.show_dir:
+        check_output_folder(args.show_dir, '--show-dir')
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
     cfg.launcher = args.launcher
@@ -97,7 +106,7 @@ def main() -> None:
                                     else [cfg.test_evaluator]),
                                   dict(type='DumpDetResults', out_file_path=args.out)]
         else:
-            cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+            cfg.test_evaluator.update(output_dir=args.out)
     add_safety_hooks(cfg, [args.checkpoint] if args.trust_checkpoint else [])
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

@@ -14,6 +14,7 @@ from mmengine.runner import Runner
 
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import default_work_dir, load_config
+from backbones.cli.constructors import check_constructors
 from backbones.cli.data_check import check_data_roots, readable_data_errors
 from backbones.cli.main import one_line_errors
 from backbones.errors import CheckpointError, ConfigError
@@ -67,12 +68,34 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, args.resume
     trusted = [cfg.load_from] if args.trust_checkpoint and cfg.get('load_from') else []
     add_safety_hooks(cfg, trusted)
+    check_constructors(cfg, train=True)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if cfg.get('resume') and cfg.get('load_from'):  # one-line errors for a bad --resume
-        fit_model_checkpoint(runner.model, cfg.load_from, trusted=bool(trusted))
+        check_resumable(runner.model, cfg.load_from, trusted=bool(trusted))
     with readable_data_errors(cfg), float32_mmcv_ops(args.amp and not torch.cuda.is_available()):
-        runner.train()
+        try:
+            runner.train()
+        except ValueError as e:
+            if not cfg.get('resume') or 'parameter group' not in str(e):
+                raise
+            raise CheckpointError(
+                f'--resume {cfg.load_from}: its optimizer state has parameter groups of other '
+                'sizes than this config builds (the lr-decay grouping, frozen stages or model '
+                'changed since it was saved); resume with the settings it was trained with, or '
+                f'start from its weights with --cfg-options load_from={cfg.load_from}') from None
+
+
+def check_resumable(model: torch.nn.Module, path: str, trusted: bool) -> None:
+    """A resume checkpoint fits the model and holds the training state (optimizer, iteration):
+    a released or weights-only file is refused with the way to fine-tune from it instead."""
+    checkpoint, _ = fit_model_checkpoint(model, path, trusted=trusted)
+    lacking = [k for k in ('optimizer', 'message_hub', 'meta') if k not in checkpoint]
+    if lacking:
+        raise CheckpointError(f'--resume {path} holds weights only (no {", ".join(lacking)}): '
+                              'resuming needs a checkpoint saved during training (work_dirs/'
+                              'NAME/iter_N.pth); to train from its weights use --cfg-options '
+                              f'load_from={path}')
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ from mmengine.config import Config
 
 from ..errors import ConfigError, first_line
 from .data_check import LOADERS
+from .outputs import check_output_folder
 
 _NUMBER = (int, float)
 
@@ -91,6 +92,9 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
     except Exception as e:  # noqa: BLE001  (a config that does not parse is bad input)
         raise ConfigError(f'cannot parse config {path}: {type(e).__name__}: '
                           f'{first_line(e)}') from None
+    if not isinstance(cfg.get('model'), Mapping):
+        raise ConfigError(f'config {path} defines no model (an empty or partial file?); a config '
+                          "defines model, usually by inheriting one: _base_ = ['...']")
     if cfg_options:
         check_overrides(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
@@ -147,9 +151,12 @@ def _check_head_widths(model: Mapping, backbone: torch.nn.Module, arch) -> None:
 
 
 def default_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> str:
-    """``--work-dir``, else the config's ``work_dir``, else ``work_dirs/<config name>``."""
-    return (work_dir or cfg.get('work_dir')
+    """``--work-dir``, else the config's ``work_dir``, else ``work_dirs/<config name>``; refused
+    if it is an existing file."""
+    path = (work_dir or cfg.get('work_dir')
             or osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0]))
+    check_output_folder(path, 'work dir')
+    return path
 
 
 def task_of(cfg: Config) -> str:
