@@ -287,6 +287,8 @@ CASES = [
      lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx), sorted(
          (Path(ctx.data['seg']) / 'images' / 'validation').glob('*.jpg'))[0], '--out-dir',
          _text_file(ctx)], ['--out-dir', 'is an existing file']),
+    ('make_demo_data --out is an existing file', 'make_demo_data.py',
+     lambda ctx: ['--out', _text_file(ctx)], ['--out', 'is an existing file']),
     ('export OUT is a folder', 'export.py',
      lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx), str(ctx.tmp)],
      ['OUT {tmp} is a folder']),

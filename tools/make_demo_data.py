@@ -13,6 +13,7 @@ import os.path as osp
 import time
 
 from backbones.cli.main import one_line_errors
+from backbones.cli.outputs import check_output_folder
 from backbones.demo.data import (
     DEMO_ROOT,
     MARKER_FILE,
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument('--force', action='store_true',
                         help='regenerate even if a complete set is already there')
     args = parser.parse_args()
+    check_output_folder(args.out, '--out')
     markers = {k: osp.join(args.out, k, MARKER_FILE) for k in ('ade', 'coco')}
     before = {k: _marker_mtime(p) for k, p in markers.items()}
     start = time.time()
