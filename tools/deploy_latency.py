@@ -4,7 +4,8 @@
         [--shape 1 512 512] [--threads 2] [--repeats 15] [--warmup 2] [--backbone]
 
 Model variants (a segmentor's class scores at the input size, as the .onnx files give them):
-``eager`` (the model as trained), ``eager-deploy`` (backbone fused, ``fuse()``'s defaults), and
+``eager`` (the model as trained, its backbone channels-last inside as the tools run it on CPUs),
+``eager-deploy`` (backbone fused, ``fuse()``'s defaults), and
 each ``--onnx`` file in ONNX Runtime. With ``--backbone``: the backbone alone, plain, fused with
 and without the oneDNN MLP kernels, and the same in channels-last memory format. The minimum is
 listed beside the median: on a shared machine it is the steadier estimate of the undisturbed time.
@@ -25,6 +26,7 @@ from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import build_model, load_config
 from backbones.cli.main import one_line_errors
 from backbones.deploy.onnx_export import SegmentorLogits
+from backbones.runtime.layout import channels_last_inside
 
 
 def cpu_description() -> str:
@@ -104,6 +106,7 @@ def main() -> None:
     model = build_model(cfg)
     if args.checkpoint:
         model.load_state_dict(fit_model_checkpoint(model, args.checkpoint)[1], strict=False)
+    channels_last_inside(model.backbone)  # as the tools run it on CPUs; the copies keep it
     x = torch.randn(args.shape[0], 3, *args.shape[1:])
     variants = (backbone_variants(model.backbone, x) if args.backbone
                 else model_variants(model, x, args.onnx, args.threads))
