@@ -192,6 +192,16 @@ OVERRIDES = [  # (--cfg-options override, fragments of the error)
      ['InceptionNeXt atto gives [40, 80, 160, 320]', 'in_channels=[40,80,160,320]']),
 ]
 
+TYPOS = [  # (override, config key, misspelt argument, suggestion) that a **kwargs path accepted
+    ('default_hooks.checkpoint.max_keep_ckpt=1', 'default_hooks.checkpoint', 'max_keep_ckpt',
+     'max_keep_ckpts'),  # trained until the first save, then died without a checkpoint
+    ("train_dataloader.dataset.img_sufix='.jpg'", 'train_dataloader.dataset', 'img_sufix',
+     'img_suffix'),
+    ("val_evaluator.iou_metric=['mIoU']", 'val_evaluator', 'iou_metric',
+     'iou_metrics'),  # mmseg's IoUMetric ignores unknown arguments
+    ('param_scheduler.0.factr=1.0', 'param_scheduler.0', 'factr', 'factor'),
+]
+
 CASES = [
     *[(f'override {o}', 'train.py', lambda ctx, o=o: _train(ctx, o), f) for o, f in OVERRIDES],
     ('missing config', 'train.py', lambda ctx: ['configs/nope.py'],
@@ -244,18 +254,9 @@ CASES = [
     ('COCO annotation file does not parse', 'train.py', _coco_not_parsing,
      ['does not parse', 'instances_train2017.json']),
     # constructors that take **kwargs or check values only when a run reaches them
-    ('kwargs typo reaching the first save', 'train.py',
-     lambda ctx: _train(ctx, 'default_hooks.checkpoint.max_keep_ckpt=1'),
-     ['default_hooks.checkpoint', "'max_keep_ckpt'", "did you mean 'max_keep_ckpts'"]),
-    ('dataset argument typo', 'train.py',
-     lambda ctx: _train(ctx, "train_dataloader.dataset.img_sufix='.jpg'"),
-     ['train_dataloader.dataset', "'img_sufix'", "did you mean 'img_suffix'"]),
-    ('evaluator argument typo (silently ignored by mmseg)', 'train.py',
-     lambda ctx: _train(ctx, "val_evaluator.iou_metric=['mIoU']"),
-     ['val_evaluator', "'iou_metric'", "did you mean 'iou_metrics'"]),
-    ('scheduler argument typo', 'train.py',
-     lambda ctx: _train(ctx, 'param_scheduler.0.factr=1.0'),
-     ['param_scheduler.0', "'factr'", "did you mean 'factor'"]),
+    *[(f'argument typo: {override}', 'train.py', lambda ctx, o=override: _train(ctx, o),
+       [key, f"'{typo}'", f"did you mean '{meant}'"])
+      for override, key, typo, meant in TYPOS],
     ('negative lr', 'train.py', lambda ctx: _train(ctx, 'optim_wrapper.optimizer.lr=-1'),
      ['optim_wrapper.optimizer', 'Invalid learning rate: -1']),
     ('batch size 0', 'train.py', lambda ctx: _train(ctx, 'train_dataloader.batch_size=0'),

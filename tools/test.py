@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -16,7 +15,7 @@ from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import default_work_dir, load_config, task_of
 from backbones.cli.constructors import check_constructors
 from backbones.cli.data_check import check_data_roots, readable_data_errors
-from backbones.cli.main import one_line_errors
+from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.cli.outputs import check_output_file, check_output_folder
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import amp
@@ -45,11 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
                         help='onnxruntime: CHECKPOINT is a segmentor .onnx file written by '
                         'tools/export.py, which computes the network (default: pytorch)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_args(parser)
     return parser.parse_args()
 
 

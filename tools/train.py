@@ -8,7 +8,6 @@ import argparse
 import os.path as osp
 
 import torch
-from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -16,7 +15,7 @@ from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import default_work_dir, load_config
 from backbones.cli.constructors import check_constructors
 from backbones.cli.data_check import check_data_roots, readable_data_errors
-from backbones.cli.main import one_line_errors
+from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime.adapt import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
 from backbones.runtime.amp import float32_mmcv_ops
@@ -38,11 +37,7 @@ def parse_args() -> argparse.Namespace:
                         help='read the --resume checkpoint with pickle, which can run code '
                         'stored in it: only for files you trust (default: refuse any file '
                         'that holds more than tensors and plain types)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.backbone.drop_path_rate=0.1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_args(parser)
     return parser.parse_args()
 
 

@@ -4,9 +4,21 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from argparse import ArgumentParser
 from collections.abc import Callable
 
 from ..errors import UserError, first_line
+
+
+def add_runner_args(parser: ArgumentParser) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local-rank``: the flags of every tool that runs
+    a config through the Runner, spelt as in mmdet/mmseg."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.backbone.drop_path_rate=0.1')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
