@@ -144,3 +144,26 @@ def timm_stage_outputs(model, x):
         x = stage(x)
         outs.append(x)
     return outs
+
+
+def randomize_bn_and_layer_scale_(model, seed: int = 0,
+                                  gamma_range: tuple[float, float] = (0.5, 1.5)):
+    """Give BatchNorm statistics/affines and layer scales non-trivial random values (in place).
+
+    Their initial values (identity BN, gamma 1e-6) hide folding and parity bugs; checks of
+    ``fuse()`` and of weight compatibility run on a model randomized this way.
+    """
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+        low, high = gamma_range
+        for name, p in model.named_parameters():
+            if name.endswith('gamma'):
+                p.copy_(low + torch.rand(p.shape, generator=g) * (high - low))
+    return model
