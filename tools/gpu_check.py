@@ -32,13 +32,13 @@ CUDA_PLAN = [
      '--mode train,infer --variants ours,ours-deploy,timm,convnext --repeats 5 --channels-last',
      False),
     ('upernet-512-fp32', '--models upernet --sizes t --batch 2 --shape 512 --mode train '
-     '--variants ours,convnext --repeats 5 --breakdown-repeats 0', True),
+     '--variants ours,convnext --repeats 5', True),
     ('upernet-512-amp', '--models upernet --sizes t --batch 2 --shape 512 --mode train '
-     '--variants ours,convnext --repeats 5 --breakdown-repeats 0 --amp', True),
+     '--variants ours,convnext --repeats 5 --amp', True),
     ('maskrcnn-512-fp32', '--models maskrcnn --sizes t --batch 2 --shape 512 --mode train '
-     '--variants ours,convnext --repeats 5 --breakdown-repeats 0', True),
+     '--variants ours,convnext --repeats 5', True),
     ('maskrcnn-512-amp', '--models maskrcnn --sizes t --batch 2 --shape 512 --mode train '
-     '--variants ours,convnext --repeats 5 --breakdown-repeats 0 --amp', True),
+     '--variants ours,convnext --repeats 5 --amp', True),
     ('backbone-224-fp32-memory', '--models backbone --sizes t --batch 128 --shape 224 '
      '--mode train --variants ours,timm,convnext --repeats 2 --warmup 1', True),
     ('backbone-512-fp32', '--models backbone --sizes t --batch 2 --shape 512 --mode train,infer '
@@ -60,7 +60,7 @@ def plan(device: str) -> list[tuple[str, list[str]]]:
                 args = args.replace(old, new)
             memory = name == 'upernet-512-fp32'
             args += ' --warmup 0 --threads 1'  # one thread: no OpenMP waits on a shared CPU
-        runs.append((name, [*args.split(), *([] if memory else ['--no-memory'])]))
+        runs.append((name, [*args.split(), *(['--memory'] if memory else [])]))
     return runs
 
 
@@ -128,8 +128,8 @@ def summary(records: list[dict], out: Path, device: str, tests: dict | None,
         for r in report['results']:
             rows.append(dict(run=rec['name'], precision=precision, **{k: r[k] for k in (
                 'family', 'size', 'variant', 'mode', 'batch', 'shape', 'median_ms',
-                'images_per_s', 'speed_vs_timm', 'speed_vs_convnext', 'peak_mem_mib',
-                'rel_err_vs_ours')}))
+                'fwd_ms', 'bwd_ms', 'opt_ms', 'images_per_s', 'speed_vs_timm',
+                'speed_vs_convnext', 'peak_mem_mib')}))
     data = dict(device=device, machine=machine, seconds=round(elapsed, 1), runs=records,
                 tests=tests, rows=rows)
     (out / 'summary.json').write_text(json.dumps(data, indent=1))
@@ -147,17 +147,19 @@ def summary(records: list[dict], out: Path, device: str, tests: dict | None,
                      f'{c["skipped"]} skipped' + ''.join(
                          f'; {t["outcome"]}: {t["test"]} ({t["message"]})'
                          for t in tests['not_passed']))
-    lines += ['', 'ms: median per step; x timm / x ConvNeXt: throughput ratio of the same run '
-              '(> 1: faster); mem: peak MiB for 2 steps (CUDA max_memory_allocated), - where not '
+    lines += ['', 'ms: the median step, split into fwd (forward + loss), bwd (backward), opt '
+              '(optimizer step); x timm / x ConvNeXt: throughput ratio of the same run (> 1: '
+              'faster); mem: peak MiB for 2 steps (CUDA max_memory_allocated), - where not '
               'measured.', '',
-              '| run | model | size | variant | mode | input | precision | ms | images/s | '
-              'x timm | x ConvNeXt | mem MiB |',
-              '|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|']
+              '| run | model | size | variant | mode | input | precision | ms | fwd / bwd / opt | '
+              'images/s | x timm | x ConvNeXt | mem MiB |',
+              '|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|']
     for r in rows:
+        parts = ' / '.join(_fmt(r[k], '.1f') for k in ('fwd_ms', 'bwd_ms', 'opt_ms'))
         lines.append(
             f'| {r["run"]} | {r["family"]} | {r["size"]} | {r["variant"]} | {r["mode"]} | '
             f'{r["batch"]}x{r["shape"][0]}x{r["shape"][1]} | {r["precision"]} | '
-            f'{r["median_ms"]:.1f} | {r["images_per_s"]:.1f} | '
+            f'{r["median_ms"]:.1f} | {parts} | {r["images_per_s"]:.1f} | '
             f'{_fmt(r["speed_vs_timm"], ".2f")} | {_fmt(r["speed_vs_convnext"], ".2f")} | '
             f'{_fmt(r["peak_mem_mib"], ".0f")} |')
     (out / 'summary.md').write_text('\n'.join(lines) + '\n')

@@ -188,4 +188,6 @@ def build_model(cfg: Config) -> torch.nn.Module:
     cfg.model.pop('init_cfg', None)
     if isinstance(cfg.model.get('backbone'), Mapping):
         cfg.model.backbone.init_cfg = None
-    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model.eval()  # not chained: some train() overrides (mmpretrain's ConvNeXt) return None
+    return model
