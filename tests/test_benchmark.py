@@ -1,5 +1,5 @@
-"""tools/benchmark.py end to end on tiny settings (atto, 64x64), and the fused (deploy) backbone's
-outputs in every memory format. Correctness only: nothing here asserts a timing."""
+"""tools/benchmark.py end to end on tiny settings (atto, 64x64): every requested row, the
+fwd/bwd/opt split, the JSON/CSV/markdown outputs. Nothing here asserts a timing."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,6 @@ from helpers import ROOT, assert_one_line_error, run_tool
 
 from backbones import ConfigError
 
-CL = torch.channels_last
 VARIANTS = ['ours', 'ours-cl-inside', 'ours-cl', 'ours-deploy', 'ours-deploy-cl', 'timm',
             'convnext']
 
