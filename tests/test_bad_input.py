@@ -431,6 +431,23 @@ def test_checks_before_the_run_decode_nothing(tmp_path, tiny_data):
         check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
 
 
+def test_tools_insert_the_checks_after_the_loading_steps():
+    from backbones.runtime.data_checks import add_data_checks
+    seg = load_config(str(ROOT / 'configs' / 'upernet_inceptionnext_t_ade20k.py'))
+    det = load_config(str(ROOT / FAMILIES['mask_rcnn'][0]))
+    for _ in range(2):  # a second call changes nothing
+        add_data_checks(seg, ('train_dataloader', 'val_dataloader'))
+        add_data_checks(det, ('train_dataloader',))
+    assert [t['type'] for t in seg.train_dataloader.dataset.pipeline][:4] == [
+        'LoadImageFromFile', 'CheckImage', 'LoadAnnotations', 'CheckSegLabels']
+    assert seg.train_dataloader.dataset.pipeline[3].num_classes == 150
+    val = [t['type'] for t in seg.val_dataloader.dataset.pipeline]
+    assert val[:2] == ['LoadImageFromFile', 'CheckImage'] and val.count('CheckSegLabels') == 1
+    assert val.index('CheckSegLabels') == val.index('LoadAnnotations') + 1
+    assert [t['type'] for t in det.train_dataloader.dataset.pipeline][:3] == [
+        'LoadImageFromFile', 'CheckImage', 'LoadAnnotations']
+
+
 def test_all_ignored_label_maps_after_a_labelled_one_are_allowed():
     """``CheckSegLabels`` refuses a run whose first label maps are all ignored, not a dataset
     where some maps among labelled ones are."""

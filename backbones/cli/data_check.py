@@ -85,9 +85,14 @@ def _is_a(dataset, name: str) -> bool:
 
 
 def loads_annotations(ds: Mapping) -> bool:
-    """Whether the pipeline of dataset dict ``ds`` reads the labels (a ``LoadAnnotations`` step)."""
-    return any(isinstance(t, Mapping) and str(t.get('type', '')).endswith('LoadAnnotations')
-               for t in ds.get('pipeline') or [])
+    """Whether the pipeline of dataset dict ``ds`` reads the labels (a ``LoadAnnotations`` step,
+    also inside a wrapper such as ``TestTimeAug``)."""
+    def found(node) -> bool:
+        if isinstance(node, Mapping):
+            return (str(node.get('type', '')).endswith('LoadAnnotations')
+                    or any(found(v) for v in node.values()))
+        return isinstance(node, (list, tuple)) and any(found(v) for v in node)
+    return found(ds.get('pipeline'))
 
 
 def _listing(folder: str, cache: dict[str, set[str]]) -> set[str]:
