@@ -3,6 +3,7 @@ with every case found); faults (a failed save, a killed run, a diverging loss) l
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -123,6 +124,85 @@ def _coco_not_parsing(ctx) -> list:
     ann = root / 'annotations' / 'instances_train2017.json'
     ann.write_text(ann.read_text()[:200])
     return _det_train(ctx, root=str(root))
+
+
+def _seg_files(ctx, split: str = 'training') -> tuple[Path, list[Path], list[Path]]:
+    """A copy of the tiny ADE20K set: its root, the images and the label maps of ``split``."""
+    root = _copy_data(ctx, 'seg')
+    return (root, sorted((root / 'images' / split).glob('*.jpg')),
+            sorted((root / 'annotations' / split).glob('*.png')))
+
+
+def _bad_label(ctx, change, *overrides: str) -> list:
+    """Train on a copy whose first training label map is ``change(pixels)``."""
+    root, _, labels = _seg_files(ctx)
+    ctx.bad = labels[0]
+    Image.fromarray(change(np.asarray(Image.open(ctx.bad)))).save(ctx.bad)
+    return _train(ctx, *overrides, cfg=_seg_cfg(ctx, str(root)))
+
+
+def _value_300(pixels: np.ndarray) -> np.ndarray:
+    wide = pixels.astype(np.uint16)  # a 16-bit PNG ('I;16'): mmseg's uint8 cast wraps 300 to 44
+    wide[:8] = 300
+    return wide
+
+
+def _value(value: int):
+    def change(pixels: np.ndarray) -> np.ndarray:
+        out = pixels.copy()
+        out[:4] = value
+        return out
+    return change
+
+
+def _all_ignored(ctx) -> list:
+    root, _, labels = _seg_files(ctx)
+    for path in labels:  # 0 is "other", ignored with reduce_zero_label=True
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    return _train(ctx, cfg=_seg_cfg(ctx, str(root)))
+
+
+def _label_missing(ctx, tool: str = 'train.py') -> list:
+    root, _, labels = _seg_files(ctx, 'training' if tool == 'train.py' else 'validation')
+    ctx.bad = labels[0]
+    ctx.bad.unlink()
+    if tool == 'train.py':
+        return _train(ctx, cfg=_seg_cfg(ctx, str(root)))
+    # the data is checked before the checkpoint is read: any file will do
+    return [_seg_cfg(ctx, str(root)), ctx.atto_ckpt, '--work-dir', str(ctx.work),
+            '--cfg-options', *ATTO.split(), *FAMILIES['upernet'][2].split()]
+
+
+def _tiny_image(ctx) -> list:
+    root, images, _ = _seg_files(ctx)
+    ctx.bad = images[0]
+    Image.open(ctx.bad).resize((1, 1)).save(ctx.bad, format='JPEG')
+    return _train(ctx, cfg=_seg_cfg(ctx, str(root)))
+
+
+def _coco_changed(ctx, change) -> list:
+    """Train on a copy of the tiny COCO set after ``change(root, annotations)``."""
+    root = _copy_data(ctx, 'det')
+    ctx.ann = root / 'annotations' / 'instances_train2017.json'
+    coco = json.loads(ctx.ann.read_text())
+    change(ctx, root, coco)
+    ctx.ann.write_text(json.dumps(coco))
+    return _det_train(ctx, root=str(root))
+
+
+def _coco_image_missing(ctx, root: Path, coco: dict) -> None:
+    ctx.bad = root / 'train2017' / coco['images'][1]['file_name']
+    ctx.bad.unlink()
+
+
+def _coco_crowd_only(ctx, root: Path, coco: dict) -> None:
+    for ann in coco['annotations']:
+        ann['iscrowd'] = 1
+
+
+def _coco_image_resized(ctx, root: Path, coco: dict) -> None:
+    ctx.bad = root / 'train2017' / coco['images'][0]['file_name']
+    Image.open(ctx.bad).resize((48, 64)).save(ctx.bad, format='JPEG')
 
 
 def _missing_dataset(ctx, empty: bool) -> list:
@@ -253,6 +333,36 @@ CASES = [
      ['{bad} is not a readable image', 'replace it']),
     ('COCO annotation file does not parse', 'train.py', _coco_not_parsing,
      ['does not parse', 'instances_train2017.json']),
+    ('image without its label map', 'train.py', _label_missing,
+     ['1 of the 4 images of train_dataloader have no label map', 'needs {bad}']),
+    ('test.py image without its label map', 'test.py', lambda ctx: _label_missing(ctx, 'test.py'),
+     ['of test_dataloader have no label map', 'needs {bad}']),
+    ('image 1x1', 'train.py', _tiny_image, ['{bad} is 1x1 pixels', '8x8 minimum']),
+    ('label map size differs from its image', 'train.py',
+     lambda ctx: _bad_label(ctx, lambda a: a[:, :48]),
+     ['label map {bad} is 48x64 pixels', 'is 64x64', "needs its image's size"]),
+    ('label map 16-bit with value 300', 'train.py', lambda ctx: _bad_label(ctx, _value_300),
+     ['label map {bad} holds value 300', 'silently turn it into 44']),
+    ('label map 16-bit with value 300, DataLoader worker', 'train.py',
+     lambda ctx: _bad_label(ctx, _value_300, 'train_dataloader.num_workers=1'),
+     ['label map {bad} holds value 300']),
+    ('label value outside the classes', 'train.py', lambda ctx: _bad_label(ctx, _value(200)),
+     ['label map {bad} holds value 200', 'ADE20KDataset has 150 classes', '1..150']),
+    ('label map in colour', 'train.py',
+     lambda ctx: _bad_label(ctx, lambda a: np.stack([a] * 3, -1)),
+     ['label map {bad} is a RGB-mode image', 'one class id per pixel']),
+    ('label maps all ignored', 'train.py', _all_ignored,
+     ['the first 4 label maps read', 'no labelled pixel', 'reduce_zero_label']),
+    ('COCO image missing', 'train.py', lambda ctx: _coco_changed(ctx, _coco_image_missing),
+     ['1 of the 4 images listed in {ann} are missing', '{bad}']),
+    ('COCO annotations empty', 'train.py',
+     lambda ctx: _coco_changed(ctx, lambda c, r, coco: coco.update(annotations=[])),
+     ['{ann} (train_dataloader) has no usable annotation', '0 annotations']),
+    ('COCO annotations all crowd', 'train.py', lambda ctx: _coco_changed(ctx, _coco_crowd_only),
+     ['{ann} (train_dataloader) has no usable annotation', 'non-crowd']),
+    ('COCO image size differs from its entry', 'train.py',
+     lambda ctx: _coco_changed(ctx, _coco_image_resized),
+     ['{bad} is 48x64 pixels but its COCO annotation entry says 64x64']),
     # constructors that take **kwargs or check values only when a run reaches them
     *[(f'argument typo: {override}', 'train.py', lambda ctx, o=override: _train(ctx, o),
        [key, f"'{typo}'", f"did you mean '{meant}'"])
@@ -384,6 +494,84 @@ def test_grayscale_rgba_and_odd_sizes_train(tmp_path, tiny_data, capsys):
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=2)
     code, _, err = run_here('train.py', *train_args(cfg, tmp_path / 'work'))
     assert code == 0, err[-3000:]
+
+
+def test_odd_but_valid_label_maps_train(tmp_path, tiny_data, capsys):
+    """A 16-bit label map with 8-bit values, a palette one and one with no labelled pixel (among
+    labelled ones) pass the data checks; the last is logged, not an error."""
+    root = tmp_path / 'ade'
+    shutil.copytree(tiny_data['seg'], root)
+    labels = sorted((root / 'annotations' / 'training').glob('*.png'))
+    pixels = np.asarray(Image.open(labels[0]))
+    Image.fromarray(pixels.astype(np.uint16)).save(labels[0])
+    assert Image.open(labels[0]).mode == 'I;16'
+    palette = Image.open(labels[1]).convert('P')
+    palette.save(labels[1])
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(labels[2])
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=str(root), iters=2)
+    code, out, err = run_here('train.py', *train_args(cfg, tmp_path / 'work'))
+    assert code == 0, err[-3000:]
+    assert f'label map {labels[2]} has no labelled pixel' in out + err
+
+
+def test_checks_before_the_run_decode_nothing(tmp_path, tiny_data):
+    """The checks before the run list folders and read the COCO file; they open no image (every
+    image and label map here is garbage, which only the pipeline's reads find)."""
+    from backbones.cli.data_check import check_data_roots
+    roots = {}
+    for kind in ('seg', 'det'):
+        roots[kind] = tmp_path / kind
+        shutil.copytree(tiny_data[kind], roots[kind])
+        for path in roots[kind].rglob('*'):
+            if path.suffix in ('.jpg', '.png'):
+                path.write_bytes(b'\x00garbage')
+    for family, kind in (('upernet', 'seg'), ('mask_rcnn', 'det')):
+        base, tail = FAMILIES[family][:2]
+        (tmp_path / family).mkdir()
+        cfg = load_config(write_config(tmp_path / family, base, tail, root=str(roots[kind]),
+                                       iters=2))
+        check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
+
+
+def test_tools_insert_the_checks_after_the_loading_steps():
+    from backbones.runtime.data_checks import add_data_checks
+    seg = load_config(str(ROOT / 'configs' / 'upernet_inceptionnext_t_ade20k.py'))
+    det = load_config(str(ROOT / FAMILIES['mask_rcnn'][0]))
+    for _ in range(2):  # a second call changes nothing
+        add_data_checks(seg, ('train_dataloader', 'val_dataloader'))
+        add_data_checks(det, ('train_dataloader',))
+    assert [t['type'] for t in seg.train_dataloader.dataset.pipeline][:4] == [
+        'LoadImageFromFile', 'CheckImage', 'LoadAnnotations', 'CheckSegLabels']
+    assert seg.train_dataloader.dataset.pipeline[3].num_classes == 150
+    val = [t['type'] for t in seg.val_dataloader.dataset.pipeline]
+    assert val[:2] == ['LoadImageFromFile', 'CheckImage'] and val.count('CheckSegLabels') == 1
+    assert val.index('CheckSegLabels') == val.index('LoadAnnotations') + 1
+    assert [t['type'] for t in det.train_dataloader.dataset.pipeline][:3] == [
+        'LoadImageFromFile', 'CheckImage', 'LoadAnnotations']
+
+
+def test_all_ignored_label_maps_after_a_labelled_one_are_allowed():
+    """``CheckSegLabels`` refuses a run whose first label maps are all ignored, not a dataset
+    where some maps among labelled ones are."""
+    from backbones.errors import DataError
+    from backbones.runtime.data_checks import CheckSegLabels
+
+    def sample(value: int, i: int) -> dict:
+        return dict(gt_seg_map=np.full((8, 8), value, np.uint8), seg_map_path=f'{i}.png',
+                    reduce_zero_label=True)
+
+    check = CheckSegLabels(num_classes=150, all_ignored_limit=3)
+    check(sample(4, 0))
+    for i in range(1, 10):
+        check(sample(255, i))
+    check = CheckSegLabels(num_classes=150, all_ignored_limit=3)
+    check(sample(255, 0))
+    check(sample(255, 1))
+    with pytest.raises(DataError, match='the first 3 label maps read'):
+        check(sample(255, 2))
+    with pytest.raises(DataError, match='holds value 151'):  # 150 once reduced: out of range
+        CheckSegLabels(num_classes=150)(sample(150, 0))
+    CheckSegLabels(num_classes=150)(sample(149, 0))  # the last class
 
 
 def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):

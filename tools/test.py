@@ -20,6 +20,7 @@ from backbones.cli.outputs import check_output_file, check_output_folder
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import amp
 from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
+from backbones.runtime.data_checks import add_data_checks
 
 
 def parse_args() -> argparse.Namespace:
@@ -104,6 +105,7 @@ def main() -> None:
             cfg.test_evaluator.update(output_dir=args.out)
     add_safety_hooks(cfg, [args.checkpoint] if args.trust_checkpoint else [])
     check_data_roots(cfg, ('test_dataloader',))
+    add_data_checks(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if onnx:
         from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime

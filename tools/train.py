@@ -19,6 +19,7 @@ from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime.adapt import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
 from backbones.runtime.amp import float32_mmcv_ops
+from backbones.runtime.data_checks import add_data_checks
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,6 +66,7 @@ def main() -> None:
     add_safety_hooks(cfg, trusted)
     check_constructors(cfg, train=True)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
+    add_data_checks(cfg, ('train_dataloader', 'val_dataloader'))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if cfg.get('resume') and cfg.get('load_from'):  # one-line errors for a bad --resume
         check_resumable(runner.model, cfg.load_from, trusted=bool(trusted))

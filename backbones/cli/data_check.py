@@ -1,4 +1,5 @@
-"""Check, before a run starts, that the datasets a config names exist and are not empty."""
+"""Check, before a run starts, that the datasets a config names exist, are not empty, and that the
+files they list are there (a listing and the COCO annotation file: no image is decoded)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from mmengine.config import Config
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, UserError
 
 HOW_TO_GET = {
     'ADE20KDataset': 'download ADEChallengeData2016.zip from the MIT Scene Parsing site and unzip '
@@ -24,16 +25,16 @@ LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def _datasets(node) -> Iterator[Mapping]:
+def dataset_dicts(node) -> Iterator[Mapping]:
     """Every dataset dict with a ``data_root`` or ``ann_file``, through wrappers."""
     if isinstance(node, Mapping):
         if 'data_root' in node or 'ann_file' in node:
             yield node
         for key in ('dataset', 'datasets'):
-            yield from _datasets(node.get(key))
+            yield from dataset_dicts(node.get(key))
     elif isinstance(node, (list, tuple)):
         for item in node:
-            yield from _datasets(item)
+            yield from dataset_dicts(item)
 
 
 def _prefix_folders(ds: Mapping) -> Iterator[str]:
@@ -52,7 +53,7 @@ def check_data_roots(cfg: Config, loaders: Iterable[str]) -> None:
     for loader in loaders:
         if not cfg.get(loader):
             continue
-        for ds in _datasets(cfg[loader].get('dataset')):
+        for ds in dataset_dicts(cfg[loader].get('dataset')):
             root = ds.get('data_root') or ''
             hint = HOW_TO_GET.get(str(ds.get('type')), 'check data_root in the config')
             where = f'{loader}.dataset.data_root'
@@ -67,7 +68,105 @@ def check_data_roots(cfg: Config, loaders: Iterable[str]) -> None:
             for path in _prefix_folders(ds):
                 if not _non_empty_dir(path):
                     raise DataError(f'{path} ({loader}) is missing or empty: {hint}')
+            _check_listed_files(cfg, ds, loader)
         _check_evaluator_files(cfg, loader.replace('_dataloader', '_evaluator'))
+
+
+def built_lazily(cfg: Config, ds: Mapping):
+    """The dataset of config dict ``ds``, built without its pipeline and without reading its
+    annotations (``lazy_init``): its class, joined paths and ``metainfo``."""
+    from mmengine.registry import DATASETS, init_default_scope
+    init_default_scope(cfg.get('default_scope') or 'mmengine')
+    return DATASETS.build({**ds, 'pipeline': [], 'lazy_init': True})
+
+
+def _is_a(dataset, name: str) -> bool:
+    return any(c.__name__ == name for c in type(dataset).__mro__)
+
+
+def loads_annotations(ds: Mapping) -> bool:
+    """Whether the pipeline of dataset dict ``ds`` reads the labels (a ``LoadAnnotations`` step,
+    also inside a wrapper such as ``TestTimeAug``)."""
+    def found(node) -> bool:
+        if isinstance(node, Mapping):
+            return (str(node.get('type', '')).endswith('LoadAnnotations')
+                    or any(found(v) for v in node.values()))
+        return isinstance(node, (list, tuple)) and any(found(v) for v in node)
+    return found(ds.get('pipeline'))
+
+
+def _listing(folder: str, cache: dict[str, set[str]]) -> set[str]:
+    if folder not in cache:
+        cache[folder] = set(os.listdir(folder)) if osp.isdir(folder) else set()
+    return cache[folder]
+
+
+def _missing(paths: list[str]) -> list[str]:
+    """The paths of ``paths`` that are not in their folder's listing (one listing per folder)."""
+    cache: dict[str, set[str]] = {}
+    return [p for p in paths if osp.basename(p) not in _listing(osp.dirname(p), cache)]
+
+
+def _check_listed_files(cfg: Config, ds: Mapping, loader: str) -> None:
+    """Every image of a segmentation dataset has its label map; a COCO annotation file's images
+    exist and it has a usable annotation of the dataset's classes."""
+    if 'dataset' in ds or 'datasets' in ds or 'type' not in ds:
+        return  # a wrapper: its datasets are checked one by one
+    dataset = built_lazily(cfg, ds)
+    if _is_a(dataset, 'BaseSegDataset') and loads_annotations(ds):
+        items = dataset.load_data_list()  # a listing of the image folder (or the split file)
+        missing = set(_missing([d['seg_map_path'] for d in items]))
+        if missing:
+            first = next(d for d in items if d['seg_map_path'] in missing)
+            raise DataError(f'{len(missing)} of the {len(items)} images of {loader} have no '
+                            f'label map, e.g. {first["img_path"]} needs {first["seg_map_path"]}:'
+                            f' add the label maps or remove those images')
+    elif _is_a(dataset, 'CocoDataset') and dataset.ann_file:
+        _check_coco_file(dataset, loader, loads_annotations(ds))
+
+
+def _check_coco_file(dataset, loader: str, needs_annotations: bool) -> None:
+    ann_file = dataset.ann_file
+    with open(ann_file) as f:
+        try:
+            coco = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f'{ann_file} ({loader}) does not parse as JSON ({e.msg} at line '
+                            f'{e.lineno}, column {e.colno}): re-download or regenerate '
+                            f'it') from None
+    folder = dataset.data_prefix.get('img', '')
+    images = {img['id']: img for img in coco.get('images', [])}
+    if not images:
+        raise DataError(f'{ann_file} ({loader}) lists no image: re-download or regenerate it')
+    missing = _missing([osp.join(folder, img['file_name']) for img in images.values()])
+    if missing:
+        raise DataError(f'{len(missing)} of the {len(images)} images listed in {ann_file} are '
+                        f'missing, e.g. {missing[0]}: download them, or point data_prefix.img of '
+                        f'{loader}.dataset at the folder that holds them')
+    if not needs_annotations:
+        return
+    classes = dataset.metainfo.get('classes') or ()
+    ids = {c['id'] for c in coco.get('categories', []) if c.get('name') in classes}
+    anns = coco.get('annotations') or []
+    if not any(_usable(ann, images, ids) for ann in anns):
+        in_class = sum(ann.get('category_id') in ids for ann in anns)
+        raise DataError(f'{ann_file} ({loader}) has no usable annotation: {len(anns)} '
+                        f'annotations, {in_class} of them of the {len(classes)} classes of '
+                        f'{type(dataset).__name__}, none a non-crowd box inside its image; '
+                        f'training and evaluation need some (check the file, or the classes in '
+                        f'{loader}.dataset.metainfo)')
+
+
+def _usable(ann: Mapping, images: Mapping, cat_ids: set) -> bool:
+    """mmdet's ``CocoDataset.parse_data_info`` keeps ``ann`` as a box it trains on."""
+    img = images.get(ann.get('image_id'))
+    try:
+        x, y, w, h = ann['bbox']
+        inside = (min(x + w, img['width']) > max(x, 0) and min(y + h, img['height']) > max(y, 0))
+        return (ann.get('category_id') in cat_ids and not ann.get('iscrowd') and inside
+                and not ann.get('ignore') and ann.get('area', 0) > 0 and w >= 1 and h >= 1)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _check_evaluator_files(cfg: Config, name: str) -> None:
@@ -91,7 +190,7 @@ def image_files(folder: str, recursive: bool = False) -> list[str]:
 def _first_unreadable_file(cfg: Config) -> str | None:
     """The first file in the configured image and label folders whose header PIL cannot read."""
     for loader in LOADERS:
-        for ds in _datasets((cfg.get(loader) or {}).get('dataset')):
+        for ds in dataset_dicts((cfg.get(loader) or {}).get('dataset')):
             for folder in _prefix_folders(ds):
                 for path in image_files(folder, recursive=True):
                     try:
@@ -103,13 +202,19 @@ def _first_unreadable_file(cfg: Config) -> str | None:
 
 @contextmanager
 def readable_data_errors(cfg: Config):
-    """Turn an unreadable image or an annotation file that does not parse into a ``DataError``."""
+    """Turn an unreadable image or an annotation file that does not parse into a ``DataError``,
+    and a ``UserError`` raised in a DataLoader worker back into its one-line message."""
     try:
         yield
+    except UserError as e:  # torch re-raises a worker's error with the traceback in its text
+        text = str(e).strip()
+        if 'DataLoader worker' not in text.split('\n', 1)[0]:
+            raise
+        raise type(e)(text.splitlines()[-1].split(': ', 1)[-1]) from None
     except json.JSONDecodeError as e:
         anns = sorted({osp.join(ds.get('data_root') or '', ds['ann_file'])
                        for loader in LOADERS
-                       for ds in _datasets((cfg.get(loader) or {}).get('dataset'))
+                       for ds in dataset_dicts((cfg.get(loader) or {}).get('dataset'))
                        if ds.get('ann_file')})
         raise DataError(f'an annotation file does not parse as JSON ({e.msg} at line {e.lineno}, '
                         f'column {e.colno}); the config reads {", ".join(anns)}: re-download or '
