@@ -7,6 +7,7 @@ import os
 import runpy
 import subprocess
 import sys
+import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def last_metrics(work_dir: Path) -> tuple[list[dict], list[dict]]:
 UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def run_here(tool: str, *args) -> tuple[int, str, str]:
     """Run ``tools/<tool>`` as ``__main__`` in this process, at the repository root (imports are
     shared, so it is quick); returns the exit status, stdout and stderr."""
@@ -93,8 +98,13 @@ def run_here(tool: str, *args) -> tuple[int, str, str]:
     old_argv, old_cwd = sys.argv, os.getcwd()
     sys.argv = [f'tools/{tool}', *map(str, args)]
     os.chdir(ROOT)
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
+    try:  # warnings printed as a user's terminal shows them, not collected by pytest
+        with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter('always')  # every time: a new process shows each once
+            for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                           ResourceWarning):  # hidden by Python's default filters
+                warnings.filterwarnings('ignore', category=hidden)
+            warnings.showwarning = _print_warning
             runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
         code = 0
     except SystemExit as e:
