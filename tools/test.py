@@ -16,6 +16,7 @@ from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import default_work_dir, load_config, task_of
 from backbones.cli.data_check import check_data_roots, readable_data_errors
 from backbones.cli.main import one_line_errors
+from backbones.cli.quiet import hide_stack_log_warnings
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import amp
 from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
@@ -101,6 +102,7 @@ def main() -> None:
     add_safety_hooks(cfg, [args.checkpoint] if args.trust_checkpoint else [])
     check_data_roots(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    hide_stack_log_warnings(runner.logger)
     if onnx:
         from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime
         run_segmentor_in_onnx_runtime(runner.model, args.checkpoint)
