@@ -72,14 +72,15 @@ def _losses_and_miou(work_dir: Path) -> tuple[list[float], float]:
 def test_validating_often_leaves_training_unchanged(tmp_path, tiny_data):
     """Drop path and the validation pipeline's RandomCrop draw random numbers: without
     ValRandomStateHook, validating after every iteration changes the later losses."""
-    hook = ("custom_imports = dict(imports=['backbones', 'backbones.runtime.random_state'])\n"
-            "custom_hooks = [dict(type='ValRandomStateHook')]\n")
+    seed = 'randomness = dict(seed=0)\n'
+    hook = seed + ("custom_imports = dict(imports=['backbones', "
+                   "'backbones.runtime.random_state'])\n"
+                   "custom_hooks = [dict(type='ValRandomStateHook')]\n")
     runs = {}
-    for name, tail, interval in (('end', '', 4), ('often', hook, 1), ('unkept', '', 1)):
+    for name, tail, interval in (('end', seed, 4), ('often', hook, 1), ('unkept', seed, 1)):
         cfg, overrides = _tiny_upernet(tmp_path / name, tiny_data, iters=4, tail=tail)
         result = run_tool('tools/train.py', cfg, '--work-dir', str(tmp_path / name / 'work'),
-                          '--cfg-options', *overrides, 'randomness.seed=0',
-                          f'train_cfg.val_interval={interval}')
+                          '--cfg-options', *overrides, f'train_cfg.val_interval={interval}')
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = _losses_and_miou(tmp_path / name / 'work')
     assert len(runs['end'][0]) == 4
