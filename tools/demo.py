@@ -68,11 +68,16 @@ def with_pretrained_backbone(config: str, checkpoint: str, work_dir: str) -> str
 RECORD = re.compile(r'^\d\d/\d\d \d\d:\d\d:\d\d - mmengine - [A-Z]+ - (.*)$')
 # records that only repeat what the log file keeps: environment, whole config, hook order
 DUMPS = ('', 'Config:', 'Hooks will be executed in the following order:')
+# pycocotools' progress prints around each COCO evaluation (its AP/AR tables stay)
+CHATTER = ('Loading and preparing results...', 'DONE (t=', 'creating index...', 'index created!',
+           'Running per image evaluation...', 'Evaluate annotation type',
+           'Accumulating evaluation results...')
 
 
 def run(args: list[str]) -> None:
     """Run a tool; its stdout passes through but for mmengine's multi-line dumps (see DUMPS),
-    which stay in the run's log file; stderr (warnings, errors) passes unchanged."""
+    which stay in the run's log file, and pycocotools' progress prints; stderr (warnings,
+    errors) passes unchanged."""
     print('$', ' '.join(args), flush=True)
     process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
                                bufsize=1)
@@ -83,7 +88,7 @@ def run(args: list[str]) -> None:
             skipping = record.group(1).rstrip() in DUMPS
             if skipping and record.group(1).rstrip() == 'Config:':
                 print('[demo] (environment, config and hook order: see the log file)', flush=True)
-        if not skipping:
+        if not skipping and not line.startswith(CHATTER):
             print(line, end='', flush=True)
     if process.wait() != 0:
         sys.exit(process.returncode)
