@@ -24,7 +24,8 @@ STACK_WARNINGS = (
 )
 # starts of messages that mmengine logs as warnings about its own internals on every run
 STACK_LOG_WARNINGS = (
-    'The prefix is not set in metric class IoUMetric',
+    'The prefix is not set in metric class IoUMetric',  # mmseg's metric
+    'The prefix is not set in metric class DumpDetResults',  # mmdet's, of tools/test.py --out
     '"FileClient" will be deprecated in future',
     '"HardDiskBackend" is the alias of "LocalBackend"',
 )
