@@ -5,7 +5,10 @@
 
 Creates the demo data if missing, trains through tools/train.py, evaluates on the held-out split
 through tools/test.py (drawing ground truth next to predictions into PNG files), compares the
-metric with trivial predictors, and prints a summary.
+metric with trivial predictors, draws the loss and validation-metric curves into
+``curves.png`` in the work dir, and prints a summary. The console shows the changed settings,
+progress with ETA and the results; mmengine's environment, config and hook-order dumps go to the
+run's log file only.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import glob
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
@@ -21,16 +25,19 @@ import time
 import numpy as np
 from PIL import Image
 
+from backbones.cli.quiet import stack_warnings_hidden
+from backbones.demo.curves import draw_curves, latest_scalars
 from backbones.demo.data import DEMO_ROOT, ensure_demo_data
 
 TOOLS = osp.dirname(osp.abspath(__file__))
 DEMOS = {
     'seg': dict(config='configs/demo/upernet_inceptionnext-t_demo_ade20k.py',
                 base='configs/upernet_inceptionnext_t_ade20k.py',
-                work_dir='work_dirs/demo_seg', metric='mIoU'),
+                work_dir='work_dirs/demo_seg', metric='mIoU', curves=('mIoU',)),
     'det': dict(config='configs/demo/mask-rcnn_inceptionnext-t_demo_coco.py',
                 base='configs/mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py',
-                work_dir='work_dirs/demo_det', metric='coco/segm_mAP'),
+                work_dir='work_dirs/demo_det', metric='coco/segm_mAP',
+                curves=('coco/bbox_mAP', 'coco/segm_mAP')),
 }
 # Where a locally downloaded official ImageNet checkpoint is looked for (no download here).
 PRETRAINED_CANDIDATES = ('checkpoints/inceptionnext_tiny.pth',
@@ -57,11 +64,34 @@ def with_pretrained_backbone(config: str, checkpoint: str, work_dir: str) -> str
     return path
 
 
+# A Runner's log record: "11/30 10:25:04 - mmengine - INFO - message"
+RECORD = re.compile(r'^\d\d/\d\d \d\d:\d\d:\d\d - mmengine - [A-Z]+ - (.*)$')
+# records that only repeat what the log file keeps: environment, whole config, hook order
+DUMPS = ('', 'Config:', 'Hooks will be executed in the following order:')
+# pycocotools' progress prints around each COCO evaluation (its AP/AR tables stay)
+CHATTER = ('Loading and preparing results...', 'DONE (t=', 'creating index...', 'index created!',
+           'Running per image evaluation...', 'Evaluate annotation type',
+           'Accumulating evaluation results...')
+
+
 def run(args: list[str]) -> None:
+    """Run a tool; its stdout passes through but for mmengine's multi-line dumps (see DUMPS),
+    which stay in the run's log file, and pycocotools' progress prints; stderr (warnings,
+    errors) passes unchanged."""
     print('$', ' '.join(args), flush=True)
-    result = subprocess.run([sys.executable, *args])
-    if result.returncode != 0:
-        sys.exit(result.returncode)
+    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
+                               bufsize=1)
+    skipping = False
+    for line in process.stdout:
+        record = RECORD.match(line)
+        if record:
+            skipping = record.group(1).rstrip() in DUMPS
+            if skipping and record.group(1).rstrip() == 'Config:':
+                print('[demo] (environment, config and hook order: see the log file)', flush=True)
+        if not skipping and not line.startswith(CHATTER):
+            print(line, end='', flush=True)
+    if process.wait() != 0:
+        sys.exit(process.returncode)
 
 
 def latest_metrics(work_dir: str) -> dict:
@@ -172,6 +202,9 @@ def main() -> None:
     run([osp.join(TOOLS, 'test.py'), config, checkpoint, '--work-dir',
          osp.join(work_dir, 'test'), '--show-dir', vis_dir, '--out', out, *extra])
     metrics = latest_metrics(osp.join(work_dir, 'test'))
+    scalars = latest_scalars(work_dir)
+    curves = draw_curves(scalars, osp.join(work_dir, 'curves.png'), demo['curves'],
+                         title=f'{args.task} demo, {demo["config"]}') if scalars else None
     drawn = sorted(glob.glob(osp.join(vis_dir, '**', '*.png'), recursive=True)
                    + glob.glob(osp.join(vis_dir, '**', '*.jpg'), recursive=True))
     print('\n[demo] ===== summary =====')
@@ -184,13 +217,17 @@ def main() -> None:
         ann_dir = osp.join(ade_root, 'annotations', 'validation')
         for name, value in seg_baselines(ann_dir).items():
             print(f'[demo] baseline mIoU, {name}: {value:.2f}')
-    print(f'[demo] drawn predictions (ground truth | prediction): {len(drawn)} files, e.g. '
-          f'{drawn[0] if drawn else "none"}')
+    print(f'[demo] drawn predictions (ground truth | prediction): {len(drawn)} files in '
+          f'{vis_dir}, e.g. {drawn[0] if drawn else "none"}')
+    print(f'[demo] loss and {", ".join(demo["curves"])} curves: {curves or "none (no log)"}')
     print(f'[demo] raw predictions: {out}')
     print(f'[demo] checkpoint: {checkpoint}')
+    if scalars:
+        print(f'[demo] training log: {osp.dirname(osp.dirname(scalars))} (full output, config)')
     print(f'[demo] total time: {time.time() - start:.0f} s')
 
 
 if __name__ == '__main__':
     os.environ.setdefault('PYTHONUNBUFFERED', '1')
-    main()
+    with stack_warnings_hidden():
+        main()

@@ -17,6 +17,7 @@ from backbones.cli.constructors import check_constructors
 from backbones.cli.data_check import check_data_roots, readable_data_errors
 from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.cli.outputs import check_output_file, check_output_folder
+from backbones.cli.quiet import hide_stack_log_warnings
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import amp
 from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
@@ -107,6 +108,7 @@ def main() -> None:
     check_data_roots(cfg, ('test_dataloader',))
     add_data_checks(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    hide_stack_log_warnings(runner.logger)
     if onnx:
         from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime
         run_segmentor_in_onnx_runtime(runner.model, args.checkpoint)

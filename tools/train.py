@@ -16,6 +16,7 @@ from backbones.cli.config import default_work_dir, load_config
 from backbones.cli.constructors import check_constructors
 from backbones.cli.data_check import check_data_roots, readable_data_errors
 from backbones.cli.main import add_runner_args, one_line_errors
+from backbones.cli.quiet import hide_stack_log_warnings
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime.adapt import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
 from backbones.runtime.amp import float32_mmcv_ops
@@ -68,6 +69,7 @@ def main() -> None:
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     add_data_checks(cfg, ('train_dataloader', 'val_dataloader'))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    hide_stack_log_warnings(runner.logger)
     if cfg.get('resume') and cfg.get('load_from'):  # one-line errors for a bad --resume
         check_resumable(runner.model, cfg.load_from, trusted=bool(trusted))
     with readable_data_errors(cfg), float32_mmcv_ops(args.amp and not torch.cuda.is_available()):

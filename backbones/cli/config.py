@@ -98,9 +98,21 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
     if cfg_options:
         check_overrides(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
+        _vis_backends_by_name(cfg)
     _fit_worker_settings(cfg)
     check_backbone(cfg)
     return cfg
+
+
+def _vis_backends_by_name(cfg: Config) -> None:
+    """A visualizer backend given by name is ``dict(type=name)``, so that one override adds
+    TensorBoard: ``visualizer.vis_backends=[LocalVisBackend,TensorboardVisBackend]``
+    (``--cfg-options`` cannot spell a list of dicts)."""
+    visualizer = cfg.get('visualizer')
+    backends = visualizer.get('vis_backends') if isinstance(visualizer, Mapping) else None
+    if isinstance(backends, (list, tuple)) and any(isinstance(b, str) for b in backends):
+        visualizer['vis_backends'] = [dict(type=b) if isinstance(b, str) else b
+                                      for b in backends]
 
 
 def _fit_worker_settings(cfg: Config) -> None:

@@ -1,4 +1,5 @@
-"""The tools' entry-point wrapper: bad input ends with one ``error:`` line and exit status 2."""
+"""The tools' entry-point wrapper: bad input ends with one ``error:`` line and exit status 2, and
+the stack's known deprecation notices stay off the console (``quiet.py``)."""
 from __future__ import annotations
 
 import functools
@@ -8,6 +9,7 @@ from argparse import ArgumentParser
 from collections.abc import Callable
 
 from ..errors import UserError, first_line
+from .quiet import stack_warnings_hidden
 
 
 def add_runner_args(parser: ArgumentParser) -> None:
@@ -22,12 +24,14 @@ def add_runner_args(parser: ArgumentParser) -> None:
 
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
-    """Run ``main``; bad input ends with ``error: ...`` on stderr and exit status 2."""
+    """Run ``main`` with the stack's known warnings hidden; bad input ends with ``error: ...`` on
+    stderr and exit status 2."""
 
     @functools.wraps(main)
     def wrapper() -> None:
         try:
-            main()
+            with stack_warnings_hidden():
+                main()
         except UserError as e:
             _fail(str(e))
         except TypeError as e:

@@ -1,13 +1,18 @@
 # Mask R-CNN + InceptionNeXt-T (the COCO 1x recipe) shrunk to what a 2-core CPU can train in minutes
 # on the embedded demo set (`make demo-data`): data root, 128x128 images and batch 4, a short
 # schedule (5 epochs of the demo set, gradient clipping as training starts from scratch), fewer
-# RoIs per image, and SparseRoIAlign (mmcv's RoIAlign numbers, faster on a CPU).
+# RoIs per image, and SparseRoIAlign (mmcv's RoIAlign numbers, faster on a CPU); evaluation after
+# every epoch (for the mAP curves; ValRandomStateHook keeps the training the same as with one
+# evaluation at the end).
 # Everything else (backbone, FPN, RPN and RoI heads, losses, optimizer, lr decay) is the real
 # config.
 _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
 data_root = 'data/demo/coco/'
 max_epochs = 5
-custom_imports = dict(imports=['backbones', 'backbones.ops.roi_align'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['backbones', 'backbones.ops.roi_align', 'backbones.runtime.random_state'],
+    allow_failed_imports=False)
+custom_hooks = [dict(type='ValRandomStateHook')]
 roi_layer = dict(type='SparseRoIAlign', output_size=7, sampling_ratio=0)  # mmcv's, faster on CPU
 model = dict(
     backbone=dict(init_cfg=None),  # no download here: from scratch unless tools/demo.py finds one
@@ -43,7 +48,7 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[4],
          gamma=0.1)
 ]
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))

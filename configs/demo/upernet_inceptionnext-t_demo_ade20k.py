@@ -1,8 +1,13 @@
 # The entry experiment (UperNet + InceptionNeXt-T, ADE20K recipe) shrunk to what a 2-core CPU can
 # train in minutes on the embedded demo set (`make demo-data`): data root, crop 128 and batch 4,
-# a short schedule (300 iters, higher peak lr from scratch), evaluation at the end, a 128-wide head.
+# a short schedule (300 iters, higher peak lr from scratch), evaluation every 50 iterations (for the
+# mIoU curve; ValRandomStateHook keeps the training the same as with one evaluation at the end), a
+# 128-wide head.
 # Everything else (backbone, heads, losses, optimizer, lr decay, augmentations) is the real config.
 _base_ = ['../upernet_inceptionnext_t_ade20k.py']
+custom_imports = dict(imports=['backbones', 'backbones.runtime.random_state'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='ValRandomStateHook')]
 data_root = 'data/demo/ade/ADEChallengeData2016'
 crop_size = (128, 128)
 max_iters = 300
@@ -37,7 +42,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
     dict(type='PolyLR', power=1.0, begin=30, end=max_iters, eta_min=0.0, by_epoch=False)
 ]
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(max_iters=max_iters, val_interval=50)
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
