@@ -2,7 +2,9 @@
 with every case found); faults (a failed save, a killed run, a diverging loss) lose nothing."""
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -22,10 +24,15 @@ from helpers import (
     ROOT,
     SEG_TAIL,
     assert_one_line_error,
+    forget_mmengine_instances,
+    last_metrics,
     run_here,
     train_args,
     write_config,
 )
+from mmengine.fileio.backends import LocalBackend
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 from PIL import Image
 
 from backbones.cli.config import load_config
@@ -294,30 +301,207 @@ def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
     assert load_config(seg_cfg, {key: float(value)}).optim_wrapper.clip_grad.max_norm == 1.0
 
 
-def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path):
-    """SafeRunHook's atomic saving: a save that dies midway (a full disk) leaves no partial
-    file, the last checkpoint intact, and the runner as it was after the run."""
+class _FullDisk(io.RawIOBase):
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, path: str, room: int):
+        self.file, self.room = open(path, 'wb'), room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+@pytest.mark.parametrize('writer', ['file write', 'torch.save'])
+def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path, writer):
+    """SafeRunHook's atomic saving: a save that dies midway on a full disk (an OSError from the
+    file, or the RuntimeError "enforce fail ... unexpected pos" torch.save raises around it)
+    says so in one line, leaves no partial file, the last checkpoint intact, and the runner as
+    it was after the run."""
+    from backbones.errors import DiskFullError
     from backbones.runtime.hooks import atomic_checkpoints
 
     class Runner:
         hooks: list = []
+        model = torch.nn.Linear(1024, 1024)  # 4 MiB of weights
         fail = False
 
         def save_checkpoint(self, out_dir: str, filename: str) -> None:
-            with open(os.path.join(out_dir, filename), 'wb') as f:
-                torch.save({'w': torch.zeros(3) if self.fail else torch.ones(3)}, f)
-                if self.fail:
-                    raise OSError(28, 'No space left on device')
+            state = {'w': torch.zeros(3) if self.fail else torch.ones(3),
+                     'model': self.model.state_dict()}
+            path = os.path.join(out_dir, filename)
+            if not self.fail:
+                torch.save(state, path)
+            elif writer == 'torch.save':
+                with _FullDisk(path, room=1 << 20) as f:
+                    torch.save(state, f)
+            else:
+                with _FullDisk(path, room=1 << 20) as f:
+                    f.write(b'x' * (1 << 20))
+                    f.write(b'x')
 
     runner = Runner()
     with atomic_checkpoints(runner):
         runner.save_checkpoint(str(tmp_path), 'iter_1.pth')
         runner.fail = True
-        with pytest.raises(OSError, match='No space left'):
-            runner.save_checkpoint(str(tmp_path), 'iter_1.pth')
+        with pytest.raises(DiskFullError) as error:
+            runner.save_checkpoint(str(tmp_path), 'iter_2.pth')
+    message = str(error.value)
+    assert re.fullmatch(r'no space left on .+ \(mounted on /.*\) for .+/iter_2\.pth '
+                        r'\(needed ~5 MB\): free some space, then continue with --resume '
+                        r'\(the last complete checkpoint, .+/iter_1\.pth, is intact\)', message)
     assert 'save_checkpoint' not in vars(runner)  # the wrapper is gone after the run
     assert [p.name for p in tmp_path.iterdir()] == ['iter_1.pth']  # no partial file left
     assert torch.equal(torch.load(tmp_path / 'iter_1.pth', weights_only=True)['w'], torch.ones(3))
+
+
+@HOOKS.register_module()
+class SignalAtHook(Hook):
+    """Sends ``signum`` to this process during iteration ``at`` (1-based) or, with
+    ``during_save``, while the checkpoint of iteration ``at`` is being saved."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, signum: int, at: int, during_save: bool = False):
+        self.signum, self.at, self.during_save = signum, at, during_save
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if not self.during_save and runner.iter + 1 == self.at:
+            self._send()
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.during_save and checkpoint['meta']['iter'] == self.at:
+            self._send()
+
+    def _send(self) -> None:
+        handler = signal.getsignal(self.signum)
+        assert handler not in (signal.SIG_DFL, signal.default_int_handler), 'no stop handler'
+        os.kill(os.getpid(), self.signum)
+
+
+def _assert_stopped(code: int, err: str, signum: int, done: int, work: Path) -> None:
+    """Exit 128 + signum, one ``stopped by`` line, ``iter_<done>.pth`` complete, no temporary
+    file, and Python's own handlers back."""
+    name = signal.Signals(signum).name
+    lines = [x for x in err.splitlines() if x.startswith('stopped by')]
+    assert code == 128 + signum, err[-3000:]
+    assert 'Traceback' not in err and 'error:' not in err and len(lines) == 1, err[-3000:]
+    assert lines[0] == (f'stopped by {name} after iteration {done}; saved {work}/iter_{done}.pth: '
+                        'continue with --resume')
+    assert not list(work.rglob('*.tmp'))
+    state = torch.load(work / f'iter_{done}.pth', map_location='cpu', weights_only=False)
+    assert state['meta']['iter'] == done and {'optimizer', 'param_schedulers'} <= state.keys()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _assert_resumes(cfg: str, work: Path, done: int) -> None:
+    """``--resume`` continues from ``iter_<done>.pth`` and trains the next iteration only."""
+    forget_mmengine_instances()  # the visualizer of the first run would take this run's logs
+    code, _, err = run_here('train.py', *train_args(cfg, work, f'train_cfg.max_iters={done + 1}'),
+                            '--resume')
+    assert code == 0, err[-3000:]
+    train_logs, _ = last_metrics(work)
+    assert [x['iter'] for x in train_logs if 'loss' in x] == [done + 1]
+    assert torch.load(work / f'iter_{done + 1}.pth', map_location='cpu',
+                      weights_only=False)['meta']['iter'] == done + 1
+
+
+@pytest.mark.parametrize('signum,at,during_save', [(signal.SIGINT, 3, False),
+                                                   (signal.SIGTERM, 2, True)],
+                         ids=['SIGINT during an iteration', 'SIGTERM during a save'])
+def test_a_signal_stops_at_the_next_boundary_and_resume_continues(tmp_path, tiny_data, signum,
+                                                                  at, during_save):
+    """SIGINT/SIGTERM (sent to this process: the tools run in it) stop training after the
+    iteration, or the save, in progress: the stop saves the iteration (the periodic interval is
+    6 for SIGINT), exits 130/143 with one line, and --resume continues from there."""
+    tail = SEG_TAIL + (f'custom_hooks = [dict(type={SignalAtHook.__name__!r}, signum={int(signum)},'
+                       f' at={at}, during_save={during_save})]\n')
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], tail, root=tiny_data['seg'], iters=6)
+    work = tmp_path / 'work'
+    interval = 1 if during_save else 6
+    code, _, err = run_here('train.py', *train_args(
+        cfg, work, f'default_hooks.checkpoint.interval={interval}'))
+    _assert_stopped(code, err, signum, at, work)
+    assert not (work / f'iter_{at + 1}.pth').exists()
+    _assert_resumes(cfg, work, at)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_data, monkeypatch,
+                                                               capsys):
+    """A checkpoint write that hits ENOSPC midway (as mmengine's file backend writes it): one
+    line naming the file system and the space a checkpoint needs, exit 2, no partial file,
+    the last checkpoint intact, and --resume continues from it."""
+    put = LocalBackend.put
+
+    def put_on_a_full_disk(self, obj: bytes, filepath) -> None:
+        if 'iter_3.pth' not in str(filepath):
+            return put(self, obj, filepath)
+        with open(filepath, 'wb') as f:
+            f.write(obj[:len(obj) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(LocalBackend, 'put', put_on_a_full_disk)
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'], iters=4)
+    work = tmp_path / 'work'
+    code, _, err = run_here('train.py', *train_args(cfg, work,
+                                                    'default_hooks.checkpoint.interval=1',
+                                                    'default_hooks.checkpoint.max_keep_ckpts=1'))
+    assert_one_line_error(code, err, 'no space left on ', f'for {work}/iter_3.pth (needed ~',
+                          f'the last complete checkpoint, {work}/iter_2.pth, is intact')
+    needed = int(re.search(r'needed ~(\d+) MB', err).group(1))
+    size = (work / 'iter_2.pth').stat().st_size / 2**20
+    assert size / 2 < needed < size * 2, (needed, size)
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_2.pth']
+    assert not list(work.rglob('*.tmp'))
+    monkeypatch.undo()
+    _assert_resumes(cfg, work, 2)
+
+
+SECOND_CTRL_C = r'''
+import os, signal, sys, time
+from backbones.runtime.signals import StopRequest
+
+def host_handler(signum, frame):
+    print('host handler', flush=True)
+
+signal.signal(signal.SIGHUP, host_handler)
+stop = StopRequest(on_force=lambda: open(sys.argv[1], 'w').close())
+with stop.installed():
+    assert signal.getsignal(signal.SIGHUP) is host_handler
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM never forces
+    os.kill(os.getpid(), signal.SIGINT)  # within a second of the first: a copy, ignored
+    time.sleep(0.2)
+    print(f'recorded {stop.signum}', flush=True)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+    time.sleep(10)
+print('still running', flush=True)
+'''
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """A second Ctrl-C a second after the first kills the process by SIGINT (removing the
+    temporary file of a save in progress); repeated SIGTERMs and a copy of the first signal
+    change nothing."""
+    marker = tmp_path / 'temporary_files_removed'
+    result = subprocess.run([sys.executable, '-c', SECOND_CTRL_C, str(marker)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [f'recorded {int(signal.SIGTERM)}']
+    assert marker.exists()
+    assert 'SIGTERM: stopping after the current iteration or checkpoint save' in result.stderr
+    assert 'stopped by a second SIGINT at once' in result.stderr
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
-"""The tools' entry-point wrapper: bad input ends with one ``error:`` line and exit status 2."""
+"""The tools' entry-point wrapper: bad input (a full disk included) ends with one ``error:`` line
+and exit status 2; a training stopped by SIGTERM/SIGINT with one ``stopped by`` line and the
+shell's status for the signal (143, 130)."""
 from __future__ import annotations
 
 import functools
@@ -6,11 +8,13 @@ import os
 import sys
 from collections.abc import Callable
 
-from ..errors import UserError, first_line
+from ..errors import TrainingStopped, UserError, first_line
+from ..runtime.files import disk_full_message, is_disk_full
 
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
-    """Run ``main``; bad input ends with ``error: ...`` on stderr and exit status 2."""
+    """Run ``main``; bad input ends with ``error: ...`` on stderr and exit status 2, a stop on
+    a signal with ``stopped by ...`` and 128 + the signal's number."""
 
     @functools.wraps(main)
     def wrapper() -> None:
@@ -18,6 +22,14 @@ def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
             main()
         except UserError as e:
             _fail(str(e))
+        except TrainingStopped as e:
+            _say(str(e))
+            sys.exit(e.exit_status)
+        except OSError as e:  # a full disk outside the checkpoint writer (logs, results)
+            if not is_disk_full(e):
+                raise
+            _fail(disk_full_message(e, e.filename) if e.filename else
+                  f'no space left on the device: {first_line(e)}')
         except TypeError as e:
             if 'unexpected keyword argument' not in str(e):
                 raise
@@ -31,8 +43,11 @@ def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
     return wrapper
 
 
+def _say(line: str) -> None:
+    if os.environ.get('RANK', '0') == '0':
+        print(line, file=sys.stderr)
+
+
 def _fail(message: str) -> None:
-    rank = os.environ.get('RANK', '0')
-    if rank == '0':
-        print(f'error: {message}', file=sys.stderr)
+    _say(f'error: {message}')
     sys.exit(2)
