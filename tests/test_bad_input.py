@@ -422,16 +422,18 @@ def _assert_resumes(cfg: str, work: Path, done: int) -> None:
 def test_a_signal_stops_at_the_next_boundary_and_resume_continues(tmp_path, tiny_data, signum,
                                                                   at, during_save):
     """SIGINT/SIGTERM (sent to this process: the tools run in it) stop training after the
-    iteration, or the save, in progress: the stop saves the iteration (the periodic interval is
-    6 for SIGINT), exits 130/143 with one line, and --resume continues from there."""
+    iteration in progress (saving it: the periodic interval is 6) or right after the save in
+    progress (before the validation due after it), exit 130/143 with one line, and --resume
+    continues from there."""
     tail = SEG_TAIL + (f'custom_hooks = [dict(type={SignalAtHook.__name__!r}, signum={int(signum)},'
                        f' at={at}, during_save={during_save})]\n')
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], tail, root=tiny_data['seg'], iters=6)
     work = tmp_path / 'work'
-    interval = 1 if during_save else 6
-    code, _, err = run_here('train.py', *train_args(
-        cfg, work, f'default_hooks.checkpoint.interval={interval}'))
+    code, out, err = run_here('train.py', *train_args(  # a validation due after iteration `at`
+        cfg, work, f'default_hooks.checkpoint.interval={1 if during_save else 6}',
+        f'train_cfg.val_interval={at}'))
     _assert_stopped(code, err, signum, at, work)
+    assert 'Iter(val)' not in out + err
     assert not (work / f'iter_{at + 1}.pth').exists()
     _assert_resumes(cfg, work, at)
 
@@ -465,6 +467,48 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_da
     assert not list(work.rglob('*.tmp'))
     monkeypatch.undo()
     _assert_resumes(cfg, work, 2)
+
+
+def _popen_train(cfg: str, work: Path, *extra: str, env: dict | None = None
+                 ) -> subprocess.Popen:
+    """tools/train.py in a new process, with Python's own SIGINT handling (a shell may have
+    started this one with SIGINT ignored, which its children inherit)."""
+    return subprocess.Popen(
+        [sys.executable, 'tools/train.py', *train_args(cfg, work, *extra)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _read_until(proc: subprocess.Popen, pattern: str) -> str:
+    """``proc``'s output up to the first line matching ``pattern`` (all of it if none does)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(pattern, line):
+            break
+    return ''.join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_from_outside_stops_the_tool_cleanly(tmp_path, tiny_data, signum):
+    """``kill -TERM`` or a Ctrl-C's SIGINT from another process, while tools/train.py trains
+    (checkpoint interval 1000): exit status 143/130, one line, the iteration it stopped after
+    saved complete, no temporary file."""
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                       iters=1000)
+    work = tmp_path / 'work'
+    proc = _popen_train(cfg, work)
+    log = _read_until(proc, r'Iter\(train\) \[\s*2/1000\]')
+    proc.send_signal(signum)
+    log += proc.communicate(timeout=300)[0]
+    stopped = re.search(r'^stopped by \w+ after iteration (\d+)', log, re.MULTILINE)
+    assert stopped, log[-3000:]
+    done = int(stopped.group(1))
+    assert done >= 2
+    _assert_stopped(proc.returncode, log, signum, done, work)
+    assert [p.name for p in work.glob('*.pth')] == [f'iter_{done}.pth']
 
 
 SECOND_CTRL_C = r'''

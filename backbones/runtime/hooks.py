@@ -186,10 +186,10 @@ class SafeRunHook(Hook):
     ones removed only after a new one is complete, and a full disk is reported as such; a
     NaN/inf loss stops training before it is saved. While the training loop runs, SIGTERM and
     SIGINT (where the process left them at Python's default) stop it at the next iteration
-    boundary (after a validation in progress), or right after a save in progress, and an
-    iteration-based loop saves a checkpoint of where it stopped (see ``runtime.signals``); all
-    ranks of a distributed run stop at the same iteration. Everything it changes is restored
-    after the run, or when training raises.
+    boundary (before a validation due, after one in progress), or right after a save in
+    progress, and an iteration-based loop saves a checkpoint of where it stopped (see
+    ``runtime.signals``); all ranks of a distributed run stop at the same iteration. Everything
+    it changes is restored after the run, or when training raises.
     """
 
     priority = 'VERY_HIGH'  # the loss check runs before CheckpointHook saves the iteration
@@ -273,9 +273,12 @@ class SafeRunHook(Hook):
                 f'{name}_N.pth (the checkpoints are complete, but the latest may already hold '
                 'diverging weights: pick one saved before the loss grew)')
 
-    def after_val(self, runner) -> None:
-        """A stop asked for during the validation of a training run happens after it."""
+    def before_val(self, runner) -> None:
+        """A stop asked for before a validation due in training skips it; one asked for during
+        it (``after_val``) happens after it."""
         self.before_train_iter(runner, 0)
+
+    after_val = before_val
 
     def _stop_at(self, runner, signum: int, done: int) -> None:
         """Stop after ``done`` iterations: an iteration-based loop saves them first."""
