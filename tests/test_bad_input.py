@@ -36,6 +36,7 @@ from mmengine.registry import HOOKS
 from PIL import Image
 
 from backbones.cli.config import load_config
+from backbones.runtime.adapt import latest_complete_checkpoint
 
 # --- the table --------------------------------------------------------------------------------
 # Each case: (id, tool, make, fragments). ``make(ctx)`` writes what the case needs under ctx.tmp
@@ -469,15 +470,14 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_da
     _assert_resumes(cfg, work, 2)
 
 
-def _popen_train(cfg: str, work: Path, *extra: str, env: dict | None = None
-                 ) -> subprocess.Popen:
+def _popen_train(cfg: str, work: Path, *extra: str, **popen) -> subprocess.Popen:
     """tools/train.py in a new process, with Python's own SIGINT handling (a shell may have
     started this one with SIGINT ignored, which its children inherit)."""
     return subprocess.Popen(
         [sys.executable, 'tools/train.py', *train_args(cfg, work, *extra)], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def _read_until(proc: subprocess.Popen, pattern: str) -> str:
@@ -509,6 +509,31 @@ def test_a_signal_from_outside_stops_the_tool_cleanly(tmp_path, tiny_data, signu
     assert done >= 2
     _assert_stopped(proc.returncode, log, signum, done, work)
     assert [p.name for p in work.glob('*.pth')] == [f'iter_{done}.pth']
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_with_data_loader_workers(tmp_path, tiny_data):
+    """SIGTERM to the whole process group, data loader workers included (what SLURM does when it
+    ends a job): still one line and exit 143, no temporary file; when the workers end before the
+    next iteration boundary the run stops without saving and names the last complete
+    checkpoint."""
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                       iters=1000)
+    work = tmp_path / 'work'
+    proc = _popen_train(cfg, work, 'default_hooks.checkpoint.interval=1',
+                        'train_dataloader.num_workers=2',
+                        'train_dataloader.persistent_workers=True', start_new_session=True)
+    log = _read_until(proc, r'Iter\(train\) \[\s*2/1000\]')
+    os.killpg(proc.pid, signal.SIGTERM)
+    log += proc.communicate(timeout=300)[0]
+    lines = [x for x in log.splitlines() if x.startswith('stopped by')]
+    assert proc.returncode == 143 and len(lines) == 1 and 'Traceback' not in log, log[-3000:]
+    assert re.fullmatch(r'stopped by SIGTERM (after iteration \d+; saved .+|at iteration \d+, '
+                        r'without saving \(the data loader workers got the signal too and ended '
+                        r'first\): continue with --resume from the last complete checkpoint, '
+                        r'.+\.pth)', lines[0]), lines[0]
+    assert not list(work.rglob('*.tmp'))
+    torch.load(latest_complete_checkpoint(str(work)), map_location='cpu', weights_only=False)
 
 
 SECOND_CTRL_C = r'''
@@ -551,7 +576,6 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 @pytest.mark.slow
 def test_sigkill_leaves_loadable_checkpoint_and_resume_continues(tmp_path, tiny_data):
     """Kill -9 twice at random moments (one right after a resume), then resume once more."""
-    from backbones.runtime.adapt import latest_complete_checkpoint
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
                        iters=1000)
     work_dir = tmp_path / 'work'

@@ -164,6 +164,21 @@ def atomic_checkpoints(runner, after_save: Callable | None = None) -> Iterator[N
             del hook._save_checkpoint_with_step
 
 
+def _chain_text(error: BaseException | None) -> str:
+    """The messages of ``error`` and of the exceptions it wraps (mmengine re-raises an error
+    raised inside a save as another one)."""
+    texts, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    return '\n'.join(texts)
+
+
+def _data_loader_worker_ended(error: BaseException) -> bool:
+    return 'DataLoader worker (pid' in _chain_text(error)
+
+
 _TEMPORARY_CHECKPOINT = re.compile(r'^\..+\.pth\.\w+\.tmp$')  # write_atomic's names
 
 
@@ -238,7 +253,9 @@ class SafeRunHook(Hook):
                 if self.stop_on_signals:
                     self._active.enter_context(self._stop.installed())
                 return run()
-            except BaseException:
+            except BaseException as e:
+                if self._stop.signum and _data_loader_worker_ended(e):
+                    self._stop_after_workers(runner, e)
                 self._active.close()
                 raise
             finally:
@@ -291,13 +308,31 @@ class SafeRunHook(Hook):
                 runner.logger.info(f'Saving checkpoint at {done} iterations')
                 hook._save_checkpoint_with_step(runner, done, meta)  # may raise the stop itself
             self._stop_after_save(runner, hook, meta)
-        last = latest_complete_checkpoint(runner.work_dir)
-        whole = (' (epoch-based training saves whole epochs only)'
-                 if isinstance(runner.train_loop, EpochBasedTrainLoop) else '')
         self._active.close()
-        raise TrainingStopped(
-            f'stopped by {signal.Signals(signum).name} at iteration {done}, without saving'
-            f'{whole}: ' + (f'continue with --resume from the last complete checkpoint, {last}'
+        raise self._stopped_without_saving(
+            runner, signum, done, 'epoch-based training saves whole epochs only'
+            if isinstance(runner.train_loop, EpochBasedTrainLoop) else 'no CheckpointHook')
+
+    def _stop_after_workers(self, runner, error: BaseException) -> None:
+        """The data loader workers got the signal too (SLURM signals every process of a job)
+        and ended. Found by the main process fetching the next batch, this is an iteration
+        boundary: save it as at any other (single-process runs; the ranks of a distributed run
+        may not be at the same point). Found by torch's SIGCHLD handler before ours silenced
+        it, it is anywhere: stop without saving."""
+        signum = self._stop.signum
+        if 'exited unexpectedly' in _chain_text(error) and get_world_size() == 1:
+            self._stop_at(runner, signum, runner.iter)
+        self._active.close()
+        raise self._stopped_without_saving(
+            runner, signum, runner.iter,
+            'the data loader workers got the signal too and ended first') from error
+
+    @staticmethod
+    def _stopped_without_saving(runner, signum: int, done: int, why: str) -> TrainingStopped:
+        last = latest_complete_checkpoint(runner.work_dir)
+        return TrainingStopped(
+            f'stopped by {signal.Signals(signum).name} at iteration {done}, without saving '
+            f'({why}): ' + (f'continue with --resume from the last complete checkpoint, {last}'
                             if last else 'no checkpoint was saved yet'), signum)
 
     def _stop_after_save(self, runner, hook: CheckpointHook, meta: dict) -> None:

@@ -7,6 +7,11 @@ removes the temporary file of a save in progress) and lets SIGINT kill the proce
 SIGTERM changes nothing (schedulers follow it with SIGKILL when their patience ends), and neither
 does a copy of the first signal that arrives within the second (torchrun passes on the Ctrl-C the
 terminal already sent to its workers).
+
+After the first signal, a Python SIGCHLD handler is replaced by a no-op until the end: torch's
+DataLoader raises from its handler, anywhere in the main process, when a worker ends, and SLURM
+signals the workers too. A worker that is gone is then found where the main process fetches the
+next batch, at an iteration boundary.
 """
 from __future__ import annotations
 
@@ -22,6 +27,10 @@ FORCE_AFTER_S = 1.0
 _PYTHON_DEFAULTS = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
 
 
+def _ignore(signum: int, frame) -> None:
+    pass
+
+
 class StopRequest:
     """Records the first SIGTERM/SIGINT while ``installed()``; ``signum`` is 0 until then."""
 
@@ -31,6 +40,7 @@ class StopRequest:
         self.signum = 0
         self._first_at = 0.0
         self._pid = 0
+        self._sigchld = None
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -47,6 +57,9 @@ class StopRequest:
         finally:
             for s in ours:
                 signal.signal(s, _PYTHON_DEFAULTS[s])
+            if self._sigchld is not None:
+                signal.signal(signal.SIGCHLD, self._sigchld)
+                self._sigchld = None
 
     def _handle(self, signum: int, frame) -> None:
         if os.getpid() != self._pid:
@@ -54,6 +67,8 @@ class StopRequest:
         name = signal.Signals(signum).name
         if not self.signum:
             self.signum, self._first_at = signum, time.monotonic()
+            if callable(signal.getsignal(signal.SIGCHLD)):
+                self._sigchld = signal.signal(signal.SIGCHLD, _ignore)
             again = '; press Ctrl-C again to stop at once' if signum == signal.SIGINT else ''
             self._say(f'{name}: stopping after the current iteration or checkpoint save{again}')
         elif signum == signal.SIGINT and time.monotonic() - self._first_at >= FORCE_AFTER_S:
