@@ -5,8 +5,8 @@ never interrupted): the training loop asks ``signum`` at its safe points and sto
 second Ctrl-C, at least a second after the first, stops at once: it calls ``on_force`` (which
 removes the temporary file of a save in progress) and lets SIGINT kill the process. A repeated
 SIGTERM changes nothing (schedulers follow it with SIGKILL when their patience ends), and neither
-does a copy of the first signal that arrives within the second (torchrun passes on the Ctrl-C the
-terminal already sent to its workers).
+does a copy of the first signal that arrives within the second (a launcher in the terminal's
+process group passing on a Ctrl-C its children already got from the terminal).
 
 After the first signal, a Python SIGCHLD handler is replaced by a no-op until the end: torch's
 DataLoader raises from its handler, anywhere in the main process, when a worker ends, and SLURM
