@@ -439,6 +439,29 @@ def test_a_signal_stops_at_the_next_boundary_and_resume_continues(tmp_path, tiny
     _assert_resumes(cfg, work, at)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('at,during_save,line', [
+    (1, False, 'stopped by SIGTERM at iteration 1, without saving (epoch-based training saves '
+               'whole epochs only): no checkpoint was saved yet'),
+    (2, True, 'stopped by SIGTERM after epoch 1 (iteration 2); saved {work}/epoch_1.pth: '
+              'continue with --resume')], ids=['mid-epoch', 'during the epoch save'])
+def test_a_signal_stops_an_epoch_based_run(tmp_path, tiny_data, at, during_save, line):
+    """Mask R-CNN's epoch-based loop (2 iterations an epoch): a stop mid-epoch saves nothing
+    (mmengine would restart the epoch from its first batch) and says so; one during the epoch's
+    save stops right after it."""
+    base, tail, overrides = FAMILIES['mask_rcnn']
+    tail += (f'custom_hooks = [dict(type={SignalAtHook.__name__!r}, signum={int(signal.SIGTERM)},'
+             f' at={at}, during_save={during_save})]\n')
+    cfg = write_config(tmp_path, base, tail, root=tiny_data['det'])
+    work = tmp_path / 'work'
+    code, _, err = run_here('train.py', cfg, '--work-dir', work, '--cfg-options', *ATTO.split(),
+                            *overrides.split(), 'train_cfg.max_epochs=2')
+    lines = [x for x in err.splitlines() if x.startswith('stopped by')]
+    assert code == 143 and lines == [line.format(work=work)], err[-3000:]
+    assert sorted(p.name for p in work.glob('*.pth')) == (['epoch_1.pth'] if during_save else [])
+    assert not list(work.rglob('*.tmp'))
+
+
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_data, monkeypatch,
                                                                capsys):
     """A checkpoint write that hits ENOSPC midway (as mmengine's file backend writes it): one

@@ -311,7 +311,8 @@ class SafeRunHook(Hook):
         self._active.close()
         raise self._stopped_without_saving(
             runner, signum, done, 'epoch-based training saves whole epochs only'
-            if isinstance(runner.train_loop, EpochBasedTrainLoop) else 'no CheckpointHook')
+            if isinstance(runner.train_loop, EpochBasedTrainLoop)
+            else 'the config has no iteration-based CheckpointHook')
 
     def _stop_after_workers(self, runner, error: BaseException) -> None:
         """The data loader workers got the signal too (SLURM signals every process of a job)
