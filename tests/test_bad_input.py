@@ -408,8 +408,8 @@ def _assert_stopped(code: int, err: str, signum: int, done: int, work: Path) -> 
 def _assert_resumes(cfg: str, work: Path, done: int) -> None:
     """``--resume`` continues from ``iter_<done>.pth`` and trains the next iteration only."""
     forget_mmengine_instances()  # the visualizer of the first run would take this run's logs
-    code, _, err = run_here('train.py', *train_args(cfg, work, f'train_cfg.max_iters={done + 1}'),
-                            '--resume')
+    code, _, err = run_here('train.py', *train_args(cfg, work, f'train_cfg.max_iters={done + 1}',
+                                                    'train_cfg.val_begin=100'), '--resume')
     assert code == 0, err[-3000:]
     train_logs, _ = last_metrics(work)
     assert [x['iter'] for x in train_logs if 'loss' in x] == [done + 1]
@@ -417,7 +417,7 @@ def _assert_resumes(cfg: str, work: Path, done: int) -> None:
                       weights_only=False)['meta']['iter'] == done + 1
 
 
-@pytest.mark.parametrize('signum,at,during_save', [(signal.SIGINT, 3, False),
+@pytest.mark.parametrize('signum,at,during_save', [(signal.SIGINT, 2, False),
                                                    (signal.SIGTERM, 2, True)],
                          ids=['SIGINT during an iteration', 'SIGTERM during a save'])
 def test_a_signal_stops_at_the_next_boundary_and_resume_continues(tmp_path, tiny_data, signum,
@@ -470,27 +470,27 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_da
     put = LocalBackend.put
 
     def put_on_a_full_disk(self, obj: bytes, filepath) -> None:
-        if 'iter_3.pth' not in str(filepath):
+        if 'iter_2.pth' not in str(filepath):
             return put(self, obj, filepath)
         with open(filepath, 'wb') as f:
             f.write(obj[:len(obj) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(LocalBackend, 'put', put_on_a_full_disk)
-    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'], iters=4)
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'], iters=3)
     work = tmp_path / 'work'
     code, _, err = run_here('train.py', *train_args(cfg, work,
                                                     'default_hooks.checkpoint.interval=1',
                                                     'default_hooks.checkpoint.max_keep_ckpts=1'))
-    assert_one_line_error(code, err, 'no space left on ', f'for {work}/iter_3.pth (needed ~',
-                          f'the last complete checkpoint, {work}/iter_2.pth, is intact')
+    assert_one_line_error(code, err, 'no space left on ', f'for {work}/iter_2.pth (needed ~',
+                          f'the last complete checkpoint, {work}/iter_1.pth, is intact')
     needed = int(re.search(r'needed ~(\d+) MB', err).group(1))
-    size = (work / 'iter_2.pth').stat().st_size / 2**20
+    size = (work / 'iter_1.pth').stat().st_size / 2**20
     assert size / 2 < needed < size * 2, (needed, size)
-    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_2.pth']
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth']
     assert not list(work.rglob('*.tmp'))
     monkeypatch.undo()
-    _assert_resumes(cfg, work, 2)
+    _assert_resumes(cfg, work, 1)
 
 
 def _popen_train(cfg: str, work: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -514,11 +514,11 @@ def _read_until(proc: subprocess.Popen, pattern: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
-def test_a_signal_from_outside_stops_the_tool_cleanly(tmp_path, tiny_data, signum):
-    """``kill -TERM`` or a Ctrl-C's SIGINT from another process, while tools/train.py trains
-    (checkpoint interval 1000): exit status 143/130, one line, the iteration it stopped after
-    saved complete, no temporary file."""
+def test_sigterm_from_outside_stops_the_tool_cleanly(tmp_path, tiny_data):
+    """``kill -TERM`` from another process while tools/train.py trains (checkpoint interval
+    1000): exit status 143, one line, the iteration it stopped after saved complete, no
+    temporary file (SIGINT takes the same path: see the in-process test above)."""
+    signum = signal.SIGTERM
     cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
                        iters=1000)
     work = tmp_path / 'work'
