@@ -365,6 +365,35 @@ def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path, writer):
     assert torch.equal(torch.load(tmp_path / 'iter_1.pth', weights_only=True)['w'], torch.ones(3))
 
 
+@pytest.mark.parametrize('free_mb', [0, 10_000])
+def test_torch_writing_a_path_fails_as_a_full_disk_only_where_the_disk_is_full(tmp_path,
+                                                                                monkeypatch,
+                                                                                free_mb):
+    """torch.save to a path writes in C++, whose error ("unexpected pos") names no errno; a
+    failed write (here: past RLIMIT_FSIZE) counts as a full disk only where the file system is
+    nearly full."""
+    import resource
+    from collections import namedtuple
+
+    from backbones.errors import DiskFullError
+    from backbones.runtime import files
+    usage = namedtuple('usage', 'total used free')
+    monkeypatch.setattr(files.shutil, 'disk_usage',
+                        lambda path: usage(1 << 40, 1 << 40, free_mb << 20))
+    assert signal.getsignal(signal.SIGXFSZ) is signal.SIG_IGN  # Python's default: EFBIG instead
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        expected = DiskFullError if free_mb == 0 else RuntimeError
+        with pytest.raises(expected, match='no space left on' if free_mb == 0 else
+                           'unexpected pos|failed writing'):
+            files.write_atomic(str(tmp_path / 'big.pth'),
+                               lambda tmp: torch.save({'w': torch.zeros(1 << 20)}, tmp))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []
+
+
 @HOOKS.register_module()
 class SignalAtHook(Hook):
     """Sends ``signum`` to this process during iteration ``at`` (1-based) or, with
