@@ -25,3 +25,19 @@ class DataError(UserError, FileNotFoundError):
 
 class TrainingDivergedError(UserError, RuntimeError):
     """Training produced a non-finite loss."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write failed because the disk (or the user's quota) is full."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped between iterations because the process got SIGTERM or SIGINT.
+
+    Not bad input: the tools exit with the shell's status for the signal, 128 + its number.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_status = 128 + signum

@@ -7,9 +7,11 @@ import threading
 
 import pytest
 import torch
-from helpers import create_timm_inception_next, randomize_bn_and_layer_scale_
-from mmengine.logging import MessageHub, MMLogger
-from mmengine.visualization import Visualizer
+from helpers import (
+    create_timm_inception_next,
+    forget_mmengine_instances,
+    randomize_bn_and_layer_scale_,
+)
 
 from backbones.demo.data import make_ade20k, make_coco
 
@@ -19,21 +21,11 @@ def pytest_addoption(parser):
                      help='device of tests/test_cuda.py (default cuda: they skip without it)')
 
 
-def _subclasses(cls: type) -> list[type]:
-    return [cls] + [c for sub in cls.__subclasses__() for c in _subclasses(sub)]
-
-
 @pytest.fixture(autouse=True)
 def fresh_mmengine_instances():
-    """Forget the loggers, message hubs and visualizers of earlier in-process runs.
-
-    mmengine hands out an existing instance of the same name (mmseg's visualizer is always named
-    'visualizer', a logger is named by its start second), and with it the earlier run's folders.
-    """
+    """Forget the loggers, message hubs and visualizers of earlier in-process runs."""
     yield
-    for base in (MMLogger, MessageHub, Visualizer):
-        for cls in _subclasses(base):
-            cls._instance_dict.clear()
+    forget_mmengine_instances()
 
 
 @pytest.fixture(scope='session')

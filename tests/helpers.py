@@ -89,6 +89,21 @@ UPERNET_OVERRIDES = FAMILIES['upernet'][2].split()
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+def forget_mmengine_instances() -> None:
+    """Forget the loggers, message hubs and visualizers of earlier in-process runs.
+
+    mmengine hands out an existing instance of the same name (mmseg's visualizer is always named
+    'visualizer', a logger is named by its start second), and with it the earlier run's folders.
+    """
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.visualization import Visualizer
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls] + [c for sub in cls.__subclasses__() for c in subclasses(sub)]
+
+    for base in (MMLogger, MessageHub, Visualizer):
+        for cls in subclasses(base):
+            cls._instance_dict.clear()
 
 
 def run_here(tool: str, *args) -> tuple[int, str, str]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -107,3 +109,44 @@ def test_launcher_without_its_environment_is_one_line_error(tmp_path, tiny_data,
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and f'--launcher {launcher}: {missing} not set' in last, last
     assert not (tmp_path / 'work').exists() or not list((tmp_path / 'work').glob('*.pth'))
+
+
+def test_sigterm_to_one_rank_stops_both_at_the_same_iteration(tmp_path, tiny_data):
+    """SIGTERM to rank 1 only (a rank that got it late): both ranks stop after the same iteration
+    (a rank stopping alone would leave the other waiting in a collective), rank 0 saves it, and
+    both exit 143."""
+    base, _, overrides = FAMILIES['upernet']
+    cfg = write_config(tmp_path, base, SEG_TAIL, root=tiny_data['seg'], iters=1000)
+    work = tmp_path / 'work'
+    env = {**{k: v for k, v in os.environ.items()
+              if k not in ('MASTER_ADDR', 'RANK', 'WORLD_SIZE', 'LOCAL_RANK')},
+           'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1', 'MASTER_PORT': str(free_port())}
+    procs = [subprocess.Popen([sys.executable, 'tools/train.py', cfg, '--launcher', 'mpi',
+                               '--work-dir', str(work), '--cfg-options', *ATTO.split(),
+                               *overrides.split()], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**env, **launcher_env('mpi', r, tmp_path)})
+             for r in (0, 1)]
+    try:
+        log = ''
+        for line in procs[0].stdout:  # rank 0 logs the iterations
+            log += line
+            if re.search(r'Iter\(train\) \[\s*2/1000\]', line):
+                break
+        procs[1].send_signal(signal.SIGTERM)
+        log += procs[0].communicate(timeout=180)[0]
+        log1 = procs[1].communicate(timeout=60)[0]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.returncode for p in procs] == [143, 143], log[-3000:] + log1[-3000:]
+    stopped = re.findall(r'^stopped by SIGTERM after iteration (\d+); saved (\S+): '
+                         r'continue with --resume$', log, re.MULTILINE)
+    assert len(stopped) == 1 and 'stopped by' not in log1, log[-3000:]
+    done, path = int(stopped[0][0]), stopped[0][1]
+    assert path == f'{work}/iter_{done}.pth'
+    saved = torch.load(path, map_location='cpu', weights_only=False)
+    assert saved['meta']['iter'] == done >= 2
+    assert [p.name for p in work.glob('*.pth')] == [f'iter_{done}.pth']
+    assert not list(work.rglob('*.tmp'))

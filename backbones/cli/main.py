@@ -1,5 +1,7 @@
-"""The tools' entry-point wrapper: bad input ends with one ``error:`` line and exit status 2, and
-the stack's known deprecation notices stay off the console (``quiet.py``)."""
+"""The tools' entry-point wrapper: bad input (a full disk included) ends with one ``error:`` line
+and exit status 2; a training stopped by SIGTERM/SIGINT with one ``stopped by`` line and the
+shell's status for the signal (143, 130); the stack's known deprecation notices stay off the
+console (``quiet.py``)."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +10,8 @@ import sys
 from argparse import ArgumentParser
 from collections.abc import Callable
 
-from ..errors import UserError, first_line
+from ..errors import TrainingStopped, UserError, first_line
+from ..runtime.files import disk_full_message, is_disk_full
 from .quiet import stack_warnings_hidden
 
 
@@ -24,8 +27,9 @@ def add_runner_args(parser: ArgumentParser) -> None:
 
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
-    """Run ``main`` with the stack's known warnings hidden; bad input ends with ``error: ...`` on
-    stderr and exit status 2."""
+    """Run ``main`` with the stack's known warnings hidden; bad input ends with ``error: ...``
+    on stderr and exit status 2, a stop on a signal with ``stopped by ...`` and 128 + the
+    signal's number."""
 
     @functools.wraps(main)
     def wrapper() -> None:
@@ -34,6 +38,14 @@ def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
                 main()
         except UserError as e:
             _fail(str(e))
+        except TrainingStopped as e:
+            _say(str(e))
+            sys.exit(e.exit_status)
+        except OSError as e:  # a full disk outside the checkpoint writer (logs, results)
+            if not is_disk_full(e):
+                raise
+            _fail(disk_full_message(e, e.filename) if e.filename else
+                  f'no space left on the device: {first_line(e)}')
         except TypeError as e:
             if 'unexpected keyword argument' not in str(e):
                 raise
@@ -47,8 +59,11 @@ def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
     return wrapper
 
 
+def _say(line: str) -> None:
+    if os.environ.get('RANK', '0') == '0':
+        print(line, file=sys.stderr)
+
+
 def _fail(message: str) -> None:
-    rank = os.environ.get('RANK', '0')
-    if rank == '0':
-        print(f'error: {message}', file=sys.stderr)
+    _say(f'error: {message}')
     sys.exit(2)

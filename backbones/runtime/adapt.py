@@ -5,20 +5,20 @@
 - ``--amp`` on a machine without CUDA uses bfloat16 autocast (``BF16AmpOptimWrapper``).
 - Distributed runs without CUDA use gloo (every ``--launcher``), CPU DDP and BatchNorm instead of
   SyncBN; a launcher started without its environment is a one-line error.
-- ``SafeRunHook``: safe checkpoint loading, atomic checkpoints, a stop on non-finite losses.
+- ``SafeRunHook``: safe checkpoint loading, atomic checkpoints, a stop on non-finite losses and
+  on SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from . import amp as _amp  # noqa: F401  (registers BF16AmpOptimWrapper)
 from . import hooks as _hooks  # noqa: F401  (registers SafeRunHook, ChannelsLastHook)
+from .hooks import latest_complete_checkpoint  # noqa: F401  (used by tools/train.py)
 from .launchers import check_launcher_env, init_cpu_process_group
 
 
@@ -76,13 +76,3 @@ def _add_custom_hook(cfg: Config, hook: dict) -> None:
 def add_safety_hooks(cfg: Config, trusted_checkpoints: Iterable[str] = ()) -> None:
     """Add ``SafeRunHook`` (safe loading, atomic checkpoints, non-finite loss stop) to ``cfg``."""
     _add_custom_hook(cfg, dict(type='SafeRunHook', trusted_checkpoints=list(trusted_checkpoints)))
-
-
-def latest_complete_checkpoint(work_dir: str) -> str | None:
-    """``last_checkpoint``'s target if it exists, else the newest ``*.pth`` in ``work_dir``."""
-    last = find_latest_checkpoint(work_dir)
-    if last and os.path.isfile(last):
-        return last
-    candidates = [os.path.join(work_dir, f) for f in os.listdir(work_dir) if f.endswith('.pth')] \
-        if os.path.isdir(work_dir) else []
-    return max(candidates, key=os.path.getmtime) if candidates else None
