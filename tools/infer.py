@@ -9,6 +9,7 @@ import argparse
 import os
 import os.path as osp
 import re
+import warnings
 from collections.abc import Mapping
 
 import mmcv
@@ -101,7 +102,13 @@ def build(cfg: Config, task: str, device: str) -> tuple[nn.Module, object]:
     else:
         from mmdet.apis import init_detector
         from mmdet.visualization import DetLocalVisualizer
-        model = init_detector(cfg, None, device='cpu')
+        # without a checkpoint (loaded and checked below) mmdet warns that it uses the COCO
+        # classes, after a simplefilter('once') that overrides every filter: keep that one off
+        with warnings.catch_warnings(record=True) as caught:
+            model = init_detector(cfg, None, device='cpu')
+        for w in caught:
+            if 'checkpoint is None' not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         visualizer = DetLocalVisualizer(name='infer')
     return revert_sync_batchnorm(model), visualizer
 
