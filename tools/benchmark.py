@@ -313,8 +313,8 @@ def onnx_model(model: nn.Module, family: str, int8: bool, args: argparse.Namespa
         error = export_checked(model, kind, path, [(1, *args.shape)], meta)[0]
         print(f'[benchmark] {osp.basename(path)}: relative error {error:.1e} vs PyTorch')
     if int8:
-        int8, path = path, path[:-len('onnx')] + 'int8.onnx'
-        quantize_int8(int8, path, random_calibration_inputs(
+        fp32, path = path, path[:-len('onnx')] + 'int8.onnx'
+        quantize_int8(fp32, path, random_calibration_inputs(
             getattr(model, 'data_preprocessor', None), args.shape, CALIB))
     if family == 'backbone':
         return OnnxModule(path, args.threads)
