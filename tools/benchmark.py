@@ -13,7 +13,7 @@ or ``convnext``, each optionally followed by ``-cl-inside`` (the backbone runs c
 ``ours-ort``, ``convnext-ort`` (inference in ONNX Runtime on the CPU: the backbone, or UperNet's
 whole network inside mmseg's ``predict``, exported as tools/export.py does and checked against
 PyTorch; not Mask R-CNN, whose RPN and RoI heads are not exported), each optionally ``-int8``
-(static quantization calibrated on random images). Each row gets the model's GFLOP/s (2 x its
+(static quantization calibrated on random images). Each inference row gets its GFLOP/s (2 x its
 multiply-adds per second, mmengine's counter); the machine's fp32 ceiling is an N x N matrix
 product (``--gemm``). A training step (forward + loss, backward, AdamW) takes three timestamps,
 synchronized on CUDA: the forward / backward / optimizer split. Steps of all variants alternate
