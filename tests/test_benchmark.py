@@ -1,5 +1,6 @@
 """tools/benchmark.py end to end on tiny settings (atto, 64x64): every requested row, the
-fwd/bwd/opt split, the JSON/CSV/markdown outputs. Nothing here asserts a timing."""
+fwd/bwd/opt split, GFLOP/s and the GEMM ceiling, the ONNX Runtime variants, the JSON/CSV/markdown
+outputs. Nothing here asserts a timing."""
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,8 @@ from helpers import ROOT, assert_one_line_error, run_tool
 
 from backbones import ConfigError
 
-VARIANTS = ['ours', 'ours-cl-inside', 'ours-cl', 'ours-deploy', 'ours-deploy-cl', 'timm',
-            'convnext']
+VARIANTS = ['ours', 'ours-cl-inside', 'ours-cl', 'ours-deploy', 'ours-deploy-cl',
+            'ours-deploy-onednn', 'ours-deploy-no-onednn-cl-inside', 'timm', 'convnext']
 
 
 @pytest.fixture(scope='module')
@@ -24,21 +25,26 @@ def bench() -> dict:
 
 def run_benchmark(out, *args: str) -> dict:
     proc = run_tool('tools/benchmark.py', *args, '--sizes', 'a', '--shape', '64', '--repeats',
-                    '2', '--warmup', '0', '--threads', '1', '--out', str(out),
+                    '2', '--warmup', '0', '--threads', '1', '--gemm', '128', '--out', str(out),
                     env={'PYTHONWARNINGS': 'ignore'}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / 'results.json').read_text())
 
 
 def check_rows(out, report: dict, expected: set[tuple[str, str, str]]) -> None:
-    """Every requested (model, variant, mode) once, with positive times that add up; the CSV and
-    the markdown table have the same rows."""
+    """Every requested (model, variant, mode) once, with positive times that add up, and GFLOP/s
+    for inference; the CSV and the markdown table have the same rows."""
     rows = report['results']
     assert sorted((r['family'], r['variant'], r['mode']) for r in rows) == sorted(expected)
+    assert report['machine']['gemm']['n'] == 128 and report['machine']['gemm']['gflop_per_s'] > 0
     for r in rows:
-        assert r['size'] == 'a' and r['shape'] == [64, 64] and r['precision'] == 'fp32'
+        precision = 'int8' if r['variant'].endswith('-int8') else 'fp32'
+        assert r['size'] == 'a' and r['shape'] == [64, 64] and r['precision'] == precision
         assert len(r['times_ms']) == 2 and all(t > 0 for t in r['times_ms'])
         assert r['median_ms'] in r['times_ms'] and r['images_per_s'] > 0
+        assert r['min_ms'] == min(r['times_ms']) and r['speed_vs_first'] > 0
+        infer = r['mode'] == 'infer'
+        assert (r['gmacs'] > 0 and r['gflop_per_s'] > 0) if infer else r['gflop_per_s'] is None
         parts = [r['fwd_ms'], r['bwd_ms'], r['opt_ms']]
         if r['mode'] == 'train':
             assert all(p > 0 for p in parts)
@@ -81,6 +87,36 @@ def test_upernet_train_and_infer(tmp_path):
     assert all(r['peak_mem_mib'] is None for r in report['results'])
 
 
+def test_onnx_runtime_variants(tmp_path):
+    """fp32 and int8 in ONNX Runtime beside eager (the export checked against PyTorch inside the
+    tool); FLOPs and params are the eager model's."""
+    variants = ('ours', 'ours-ort', 'ours-ort-int8')
+    report = run_benchmark(tmp_path, '--models', 'upernet', '--batch', '1', '--mode', 'infer',
+                           '--variants', ','.join(variants))
+    check_rows(tmp_path, report, {('upernet', v, 'infer') for v in variants})
+    rows = {r['variant']: r for r in report['results']}
+    assert rows['ours-ort']['gmacs'] == rows['ours-ort-int8']['gmacs'] == rows['ours']['gmacs']
+    assert rows['ours-ort']['params_m'] == rows['ours']['params_m']
+    assert rows['ours']['speed_vs_first'] == 1.0
+    assert report['machine']['versions']['onnxruntime']
+
+
+@pytest.mark.slow
+def test_convnext_upernet_in_onnx_runtime(tmp_path):
+    """mmseg's ConvNeXt UperNet exports the same way and matches PyTorch (the tool's check)."""
+    report = run_benchmark(tmp_path, '--models', 'upernet', '--batch', '1', '--mode', 'infer',
+                           '--variants', 'convnext,convnext-ort')
+    check_rows(tmp_path, report, {('upernet', v, 'infer') for v in ('convnext', 'convnext-ort')})
+
+
+def test_no_onnx_runtime_rows_for_mask_rcnn(tmp_path):
+    proc = run_tool('tools/benchmark.py', '--models', 'maskrcnn', '--variants', 'ours-ort',
+                    '--mode', 'infer', '--gemm', '0', '--out', str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'RPN and RoI heads are not exported' in proc.stdout
+    assert json.loads((tmp_path / 'results.json').read_text())['results'] == []
+
+
 def test_bad_flags_end_with_one_error_line():
     proc = run_tool('tools/benchmark.py', '--variants', 'ours,timm-deploy')
     assert_one_line_error(proc.returncode, proc.stderr, '--variants', 'ours-deploy')
@@ -89,6 +125,8 @@ def test_bad_flags_end_with_one_error_line():
 @pytest.mark.parametrize('argv, match', [
     (['--models', 'resnet'], '--models'), (['--sizes', 'tiny'], '--sizes'),
     (['--variants', 'convnext-deploy'], '--variants'), (['--mode', 'eval'], '--mode'),
+    (['--variants', 'timm-ort'], '--variants'), (['--variants', 'ours-deploy-ort'], '--variants'),
+    (['--variants', 'ours-cl-ort'], '--variants'),
     (['--models', 'upernet', '--batch', '1'], 'UperNet'), (['--shape', '1', '2', '3'], '--shape'),
     (['--repeats', '0'], '--repeats')])
 def test_bad_arguments_are_config_errors(bench, argv, match):

@@ -4,12 +4,18 @@
         --variants ours,ours-cl-inside,timm,convnext --repeats 9 --threads 2
 
 ``--models`` backbone, upernet, maskrcnn: our configs, and ConvNeXt (mmpretrain's) from the mmseg/
-mmdet configs in the installed packages; random weights. ``--sizes`` t, s, b, a (atto: T configs
-with narrower heads, for quick checks). ``--variants``: ``ours``, ``ours-deploy`` (after
-``backbone.fuse()``, inference only), ``timm`` (``inception_next_*`` with our weights and output
-norms; backbone only) or ``convnext``, each optionally followed by ``-cl-inside`` (the backbone
-runs channels-last inside: ``channels_last_inside``, as the tools do on CPUs) or ``-cl`` (model
-and input channels_last). A training step (forward + loss, backward, AdamW) takes three timestamps,
+mmdet configs in the installed packages; random weights. ``--sizes`` t, s, b, a (atto backbones in
+the T configs, for quick checks). ``--variants``: ``ours``, ``ours-deploy`` (after
+``backbone.fuse()``, inference only; ``ours-deploy-onednn`` / ``-no-onednn`` force its oneDNN MLP
+kernels on / off), ``timm`` (``inception_next_*`` with our weights and output norms; backbone only)
+or ``convnext``, each optionally followed by ``-cl-inside`` (the backbone runs channels-last inside:
+``channels_last_inside``, as the tools do on CPUs) or ``-cl`` (model and input channels_last); and
+``ours-ort``, ``convnext-ort`` (inference in ONNX Runtime on the CPU: the backbone, or UperNet's
+whole network inside mmseg's ``predict``, exported as tools/export.py does and checked against
+PyTorch; not Mask R-CNN, whose RPN and RoI heads are not exported), each optionally ``-int8``
+(static quantization calibrated on random images). Each inference row gets its GFLOP/s (2 x its
+multiply-adds per second, mmengine's counter); the machine's fp32 ceiling is an N x N matrix
+product (``--gemm``). A training step (forward + loss, backward, AdamW) takes three timestamps,
 synchronized on CUDA: the forward / backward / optimizer split. Steps of all variants alternate
 round-robin, so that noise hits all alike; reported is the median step. ``--memory``: peak memory
 of 2 steps above the memory before them, one variant after another: CUDA ``max_memory_allocated``,
@@ -26,17 +32,19 @@ import gc
 import json
 import os
 import os.path as osp
-import platform
 import re
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
 import torch.nn as nn
 
 from backbones.cli.config import build_model, load_config, parse_shape
+from backbones.cli.flops import inference_gflops
+from backbones.cli.machine import machine_info
 from backbones.cli.main import one_line_errors
 from backbones.errors import ConfigError
 from backbones.runtime.amp import float32_mmcv_ops
@@ -50,11 +58,15 @@ CONFIGS = {  # family: ours, package, upstream config in its .mim folder (T's if
     'backbone': UPERNET, 'upernet': UPERNET,
     'maskrcnn': ('configs/mask_rcnn/mask-rcnn_inceptionnext-{}_fpn_1x_coco.py', 'mmdet',
                  'configs/convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py')}
-VARIANT = re.compile(r'(ours-deploy|ours|timm|convnext)(-cl-inside|-cl)?')
+VARIANT = re.compile(r'(ours-deploy(?:-onednn|-no-onednn)?|ours|timm|convnext)(-cl-inside|-cl)?'
+                     r'|(ours|convnext)(-ort(?:-int8)?)')
 N_GT = 16  # objects (boxes + masks) per image of the synthetic detection batch
-COLUMNS = (('ms', 'median_ms', '.1f'), ('fwd', 'fwd_ms', '.1f'), ('bwd', 'bwd_ms', '.1f'),
-           ('opt', 'opt_ms', '.1f'), ('IQR %', 'iqr_pct', '.0f'), ('images/s', 'images_per_s',
-           '.2f'), ('x timm', 'speed_vs_timm', '.2f'), ('x ConvNeXt', 'speed_vs_convnext', '.2f'),
+CALIB = 4  # random images that calibrate the int8 variants
+COLUMNS = (('ms', 'median_ms', '.1f'), ('min', 'min_ms', '.1f'), ('fwd', 'fwd_ms', '.1f'),
+           ('bwd', 'bwd_ms', '.1f'), ('opt', 'opt_ms', '.1f'), ('IQR %', 'iqr_pct', '.0f'),
+           ('images/s', 'images_per_s', '.2f'), ('GMACs', 'gmacs', '.3g'),
+           ('GFLOP/s', 'gflop_per_s', '.1f'), ('x first', 'speed_vs_first', '.2f'),
+           ('x timm', 'speed_vs_timm', '.2f'), ('x ConvNeXt', 'speed_vs_convnext', '.2f'),
            ('mem MiB', 'peak_mem_mib', '.0f'), ('params M', 'params_m', '.1f'))
 
 
@@ -75,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument('--device', choices=['cpu', 'cuda'], help='(default: cuda if there is one)')
     p.add_argument('--memory', action='store_true', help='peak memory too')
+    p.add_argument('--gemm', type=int, default=4096, help='N of the N x N x N fp32 matrix product '
+                   "timed as the machine's ceiling (default: %(default)s; 0: none)")
     p.add_argument('--out', default='work_dirs/benchmark', help='folder (default: %(default)s)')
     return p.parse_args(argv)
 
@@ -84,8 +98,8 @@ def _split(value: str, what: str, allowed: tuple = ()) -> list[str]:
     valid = (lambda v: v in allowed) if allowed else VARIANT.fullmatch
     if not items or not all(map(valid, items)):
         raise ConfigError(f'--{what} {value!r}: expected a comma list of ' + (', '.join(
-            allowed) or 'ours, ours-deploy, timm or convnext, each optionally with -cl-inside '
-            'or -cl'))
+            allowed) or 'ours, ours-deploy[-onednn|-no-onednn], timm or convnext, each optionally '
+            'with -cl-inside or -cl; ours-ort[-int8], convnext-ort[-int8]'))
     return items
 
 
@@ -106,6 +120,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise ConfigError('--device cuda: CUDA is not available here')
+    if args.device == 'cuda' and any('-ort' in v for v in args.variants):
+        raise ConfigError('the -ort variants run ONNX Runtime on the CPU: use --device cpu')
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -193,8 +209,11 @@ class Runner:
         self.name, self.model, self.family, self.size, self.args = name, model, family, size, args
         self.cuda = args.device == 'cuda'
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.modes = [m for m in args.mode if m == 'infer' or 'deploy' not in name]
+        onnx, self.gmacs = '-ort' in name, None
+        self.modes = [m for m in args.mode if m == 'infer' or not (onnx or 'deploy' in name)]
         self.params_m = sum(p.numel() for p in model.parameters()) / 1e6
+        self.precision = ('int8' if name.endswith('-int8') else 'fp32' if onnx or not args.amp
+                          else 'amp-fp16' if self.cuda else 'amp-bf16')
         self.inputs = {}  # mode: (input tensor, keyword arguments of the model)
         for mode in self.modes:
             x, kwargs = torch.randn(args.batch, 3, *args.shape).to(args.device), {}
@@ -203,13 +222,14 @@ class Runner:
                 x, kwargs = data['inputs'], dict(data_samples=data['data_samples'],
                                                  mode='loss' if mode == 'train' else 'predict')
             self.inputs[mode] = x.contiguous(memory_format=layout), kwargs
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        if 'train' in self.modes:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         self.scaler = torch.amp.GradScaler('cuda', enabled=args.amp and self.cuda)
         self.times: dict[str, list[list[float]]] = {mode: [] for mode in self.modes}
         self.peak_mib: dict[str, float] = {}
-        if args.compile and family == 'backbone':
+        if args.compile and not onnx and family == 'backbone':
             self.model = torch.compile(model)
-        elif args.compile:
+        elif args.compile and not onnx:
             model.backbone = torch.compile(model.backbone)
 
     def _now(self) -> float:
@@ -263,11 +283,13 @@ class Runner:
         steps, a = sorted(self.times[mode], key=sum), self.args
         mid, totals = steps[len(steps) // 2], [sum(s) for s in steps]
         q = statistics.quantiles(totals, n=4) if len(totals) >= 4 else None
-        amp = 'amp-fp16' if self.cuda else 'amp-bf16'
+        rate = 2 * self.gmacs * a.batch / sum(mid) if self.gmacs and mode == 'infer' else None
         return dict(family=self.family, size=self.size, variant=self.name, mode=mode,
-                    batch=a.batch, shape=list(a.shape), precision=amp if a.amp else 'fp32',
-                    median_ms=1e3 * sum(mid), **dict(zip(('fwd_ms', 'bwd_ms', 'opt_ms'), [
-                        1e3 * t for t in mid] + [None] * 2)), images_per_s=a.batch / sum(mid),
+                    batch=a.batch, shape=list(a.shape), precision=self.precision,
+                    median_ms=1e3 * sum(mid), min_ms=1e3 * totals[0], **dict(zip(
+                        ('fwd_ms', 'bwd_ms', 'opt_ms'), [1e3 * t for t in mid] + [None] * 2)),
+                    images_per_s=a.batch / sum(mid), gflop_per_s=rate,
+                    gmacs=self.gmacs if rate else None,
                     iqr_pct=100 * (q[2] - q[0]) / sum(mid) if q else None, params_m=self.params_m,
                     peak_mem_mib=self.peak_mib.get(mode), times_ms=[1e3 * t for t in totals])
 
@@ -277,26 +299,64 @@ def _proc_status_bytes(key: str) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ':'))
 
 
-def build_runners(family: str, size: str, args: argparse.Namespace) -> list[Runner]:
-    """A runner per variant; the InceptionNeXt variants share the weights of one ``ours``."""
-    parsed = [VARIANT.fullmatch(v).groups() for v in args.variants]
-    ours = build(family, size, False, args) if any(p[0] != 'convnext' for p in parsed) else None
+def onnx_model(model: nn.Module, family: str, int8: bool, args: argparse.Namespace,
+               path: str) -> nn.Module:
+    """``model`` exported to ``path`` (once; checked against PyTorch at 1 x H x W), or its int8
+    quantization, in ONNX Runtime behind the interface the eager runner calls: the backbone's
+    maps, or the segmentor with its network in the file (mmseg's ``predict`` around it)."""
+    from backbones.deploy.onnx_export import export_checked, file_metadata
+    from backbones.deploy.onnx_quantize import quantize_int8, random_calibration_inputs
+    from backbones.deploy.onnx_runtime import OnnxModule, run_segmentor_in_onnx_runtime
+    kind = 'backbone' if family == 'backbone' else 'segmentor'
+    if not osp.isfile(path):
+        meta = dict(kind=kind) if kind == 'backbone' else file_metadata(model, kind, path)
+        error = export_checked(model, kind, path, [(1, *args.shape)], meta)[0]
+        print(f'[benchmark] {osp.basename(path)}: relative error {error:.1e} vs PyTorch')
+    if int8:
+        fp32, path = path, path[:-len('onnx')] + 'int8.onnx'
+        quantize_int8(fp32, path, random_calibration_inputs(
+            getattr(model, 'data_preprocessor', None), args.shape, CALIB))
+    if family == 'backbone':
+        return OnnxModule(path, args.threads)
+    model = copy.deepcopy(model)
+    run_segmentor_in_onnx_runtime(model, path, args.threads)
+    return model
+
+
+def build_runners(family: str, size: str, args: argparse.Namespace, folder: str) -> list[Runner]:
+    """A runner per variant; those of our model share the weights of one ``ours``, ConvNeXt's
+    of one ``convnext``; -ort variants run their exports (in ``folder``)."""
+    models, gmacs, runners = {}, {}, []
     raw = synthetic_batch(family, args) if family != 'backbone' else None
-    runners = []
-    for name, (base, layout) in zip(args.variants, parsed):
-        if base == 'timm' and family != 'backbone':
+    task = {'backbone': 'backbone', 'upernet': 'seg', 'maskrcnn': 'det'}[family]
+    for name in args.variants:
+        m = VARIANT.fullmatch(name)
+        base, suffix = m[1] or m[3], m[2] or m[4] or ''
+        if base == 'timm' and family != 'backbone' or '-ort' in suffix and family == 'maskrcnn':
+            print(f'[benchmark] {family}: no {name} (' + ('timm: backbone only)' if base == 'timm'
+                  else 'its RPN and RoI heads are not exported)'))
             continue
-        model = (build(family, size, True, args) if base == 'convnext' else
-                 TimmFeatures(ours, SIZES[size]).to(args.device) if base == 'timm' else
-                 copy.deepcopy(ours))
-        backbone = getattr(model, 'backbone', model)
-        if base == 'ours-deploy':
-            backbone.eval().fuse()
-        if layout == '-cl-inside':
-            channels_last_inside(backbone)
-        cl = args.channels_last or layout == '-cl'
+        src = 'convnext' if base == 'convnext' else 'ours'
+        if src not in models:
+            models[src] = build(family, size, src == 'convnext', args)
+            gmacs[src] = inference_gflops(models[src], task, args.shape)
+        if '-ort' in suffix:
+            model = onnx_model(models[src], family, suffix == '-ort-int8', args,
+                               osp.join(folder, f'{src}-{family}-{size}.onnx'))
+        else:
+            model = (TimmFeatures(models[src], SIZES[size]).to(args.device) if base == 'timm'
+                     else copy.deepcopy(models[src]))
+            backbone = getattr(model, 'backbone', model)
+            if base.startswith('ours-deploy'):
+                backbone.eval().fuse({'-onednn': True, '-no-onednn': False}.get(base[11:]))
+            if suffix == '-cl-inside':
+                channels_last_inside(backbone)
+        cl = (args.channels_last or suffix == '-cl') and '-ort' not in suffix
         model = model.to(memory_format=torch.channels_last) if cl else model
         runners.append(Runner(name, model, family, size, cl, args, raw))
+        runners[-1].gmacs = gmacs[src]
+        if '-ort' in suffix:  # the eager model's (the file's weights are not parameters)
+            runners[-1].params_m = sum(p.numel() for p in models[src].parameters()) / 1e6
     return runners
 
 
@@ -308,26 +368,11 @@ def run_mode(runners: list[Runner], mode: str, args: argparse.Namespace) -> None
         r.model.train(mode == 'train')
         if args.memory:
             r.measure_memory(mode)
-    for i in range(args.warmup + args.repeats):
+    for i in range(args.warmup + args.repeats) if runners else ():
         for r in runners[i % len(runners):] + runners[:i % len(runners)]:
             parts = r.step(mode)
             if i >= args.warmup:
                 r.times[mode].append(parts)
-
-
-def machine_info(args: argparse.Namespace) -> dict:
-    cpuinfo = open('/proc/cpuinfo').read() if osp.isfile('/proc/cpuinfo') else ''  # Linux
-    model = re.search(r'^model name\s*:\s*(.*)$', cpuinfo, re.M)
-    flags = (re.search(r'^flags\s*:\s*(.*)$', cpuinfo, re.M) or [''] * 2)[1].split()
-    versions = {name: __import__(name).__version__ for name in (
-        'torch', 'mmcv', 'mmengine', 'mmdet', 'mmseg', 'mmpretrain', 'timm')}
-    return dict(cpu=model[1] if model else platform.processor() or platform.machine(),
-                isa=[f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags],
-                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
-                python=platform.python_version(), versions=versions,
-                load_average=[round(x, 2) for x in os.getloadavg()])
 
 
 def markdown(report: dict) -> str:
@@ -340,9 +385,14 @@ def markdown(report: dict) -> str:
              + ', '.join(f'{k} {v}' for k, v in m['versions'].items()),
              f'- command: `{report["command"]}`',
              f'- load average before: {m["load_average"]}, after: {report["load_average_after"]}',
-             '', f'ms: the median of {s["repeats"]} steps (after {s["warmup"]} warm-up), split '
-             'into fwd (forward + loss), bwd (backward), opt (AdamW step); IQR in % of it; x timm '
-             '/ x ConvNeXt: throughput ratio (> 1: faster); mem: peak MiB of 2 steps.', '',
+             '- fp32 GEMM ceiling: ' + (f'{m["gemm"]["gflop_per_s"]:.1f} GFLOP/s (best '
+                                        f'{m["gemm"]["n"]}^3 torch.mm)' if m['gemm'] else '-'),
+             '', f'ms: the median of {s["repeats"]} steps (after {s["warmup"]} warm-up), min: the '
+             'fastest, split into fwd (forward + loss), bwd (backward), opt (AdamW step); IQR in % '
+             'of it; GMACs: multiply-adds per image at inference, GFLOP/s: 2 x GMACs x images/s; '
+             'x first / x timm / x ConvNeXt: throughput ratio to the first variant of the model, '
+             'timm, ConvNeXt (> 1: faster); mem: peak MiB of 2 steps; int8: calibrated on '
+             f'{CALIB} random images.', '',
              '| model | size | variant | mode | input | ' + ' | '.join(c[0] for c in COLUMNS)
              + ' |', '|---' * 5 + '|---:' * len(COLUMNS) + '|']
     for r in report['results']:
@@ -357,18 +407,23 @@ def run(args: argparse.Namespace) -> dict:
     """Build, measure and write everything the flags ask for; returns the report."""
     args = check_args(args)
     report = dict(command=shlex.join(['python', 'tools/benchmark.py', *sys.argv[1:]]),
-                  machine=machine_info(args), settings=dict(vars(args), shape=list(args.shape)),
-                  results=[])
-    for family in args.models:
-        for size in args.sizes:
-            print(f'[benchmark] {family} {SIZES[size]}: {", ".join(args.variants)}', flush=True)
-            runners = build_runners(family, size, args)
-            for mode in args.mode:
-                run_mode(runners, mode, args)
-            report['results'] += [r.result(mode) for r in runners for mode in r.modes]
-    refs = {(r['family'], r['size'], r['mode'], r['variant']): r for r in report['results']}
-    for r in report['results']:  # throughput over that of the plain timm and ConvNeXt rows
-        for ref in ('timm', 'convnext'):
+                  machine=machine_info(args.device, args.gemm),
+                  settings=dict(vars(args), shape=list(args.shape)), results=[])
+    with tempfile.TemporaryDirectory() as folder:  # the -ort exports
+        for family in args.models:
+            for size in args.sizes:
+                print(f'[benchmark] {family} {SIZES[size]}: {", ".join(args.variants)}',
+                      flush=True)
+                runners = build_runners(family, size, args, folder)
+                for mode in args.mode:
+                    run_mode(runners, mode, args)
+                report['results'] += [r.result(mode) for r in runners for mode in r.modes]
+    refs = {}  # (family, size, mode, variant or 'first'): row
+    for r in report['results']:
+        refs.setdefault((r['family'], r['size'], r['mode'], 'first'), r)
+        refs[r['family'], r['size'], r['mode'], r['variant']] = r
+    for r in report['results']:  # throughput over that of the first, timm and ConvNeXt rows
+        for ref in ('first', 'timm', 'convnext'):
             other = refs.get((r['family'], r['size'], r['mode'], ref))
             r[f'speed_vs_{ref}'] = r['images_per_s'] / other['images_per_s'] if other else None
     report['load_average_after'] = [round(x, 2) for x in os.getloadavg()]

@@ -12,7 +12,6 @@ sizes and its outputs are compared with PyTorch's (relative error < 1e-4), else 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import os.path as osp
 import re
@@ -25,12 +24,9 @@ from backbones.cli.config import build_model, load_config, task_of
 from backbones.cli.main import one_line_errors
 from backbones.cli.outputs import check_output_file
 from backbones.deploy.onnx_export import (
-    BackboneFeatures,
-    DetectorFeatures,
-    SegmentorLogits,
-    check_against_pytorch,
-    export_onnx,
-    export_part,
+    export_checked,
+    file_metadata,
+    pytorch_part,
     relative_error,
 )
 from backbones.errors import ConfigError, UserError
@@ -77,34 +73,6 @@ def check_out_path(out: str, inputs: list[str]) -> None:
     check_output_file(out, inputs, 'OUT')
     if not out.endswith('.onnx'):
         raise UserError(f'{out}: the output file must end in .onnx')
-
-
-def metadata(cfg: Config, model: torch.nn.Module, kind: str, checkpoint: dict | None) -> dict:
-    """What a user of the file needs: the input normalisation, and what the outputs are."""
-    pre = model.data_preprocessor
-    meta = dict(kind=kind, config=osp.basename(cfg.filename),
-                mean=pre.mean.flatten().tolist(), std=pre.std.flatten().tolist(),
-                bgr_to_rgb=bool(getattr(pre, 'channel_conversion', False)),
-                input='float32 NCHW: (image - mean) / std, channels in RGB order if bgr_to_rgb '
-                      '(of a BGR image as loaded by mmcv), else as loaded')
-    if kind == 'segmentor':
-        meta['output'] = 'seg_logits: class scores at the input size; argmax over dim 1'
-        meta['num_classes'] = int(model.decode_head.out_channels)
-    else:
-        meta['output'] = 'feat0, feat1, ...: NCHW feature maps, strides ascending'
-    if kind == 'features':
-        meta['pad_size_divisor'] = int(getattr(pre, 'pad_size_divisor', 1))
-    dataset_meta = (checkpoint or {}).get('meta', {}).get('dataset_meta')
-    if isinstance(dataset_meta, dict):  # class names and palette, for tools/infer.py
-        meta['dataset_meta'] = {k.lower(): v for k, v in dataset_meta.items()}
-    return meta
-
-
-def reference(model: torch.nn.Module, kind: str) -> torch.nn.Module:
-    """The unmodified PyTorch model seen through the same interface as the exported part."""
-    wrap = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
-            'backbone': BackboneFeatures}[kind]
-    return wrap(model if kind != 'backbone' else model.backbone).eval()
 
 
 def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32: str,
@@ -159,16 +127,13 @@ def main() -> None:
     else:
         checkpoint, state = fit_model_checkpoint(model, args.checkpoint)
         model.load_state_dict(state, strict=False)
-    ref = reference(model, kind)
-    part = export_part(copy.deepcopy(model if kind != 'backbone' else model.backbone), kind)
+    exported = model.backbone if kind == 'backbone' else model
     out_dir = osp.dirname(osp.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     tmp = args.out + '.tmp'
     try:
-        batch, height, width = shapes[0]
-        export_onnx(part, torch.randn(max(batch, 2), 3, height, width), tmp,
-                    metadata(cfg, model, kind, checkpoint))
-        errors = check_against_pytorch(tmp, ref, shapes, name=args.out)
+        meta = file_metadata(model, kind, cfg.filename, checkpoint)
+        errors = export_checked(exported, kind, tmp, shapes, meta, name=args.out)
         os.replace(tmp, args.out)
     finally:
         if osp.exists(tmp):
@@ -178,7 +143,7 @@ def main() -> None:
     print(f'exported {kind} of {args.config} to {args.out} '
           f'({osp.getsize(args.out) / 2**20:.1f} MiB, dynamic batch, height and width)')
     if args.quantize:
-        quantize(args, cfg, model, args.out, ref, shapes)
+        quantize(args, cfg, model, args.out, pytorch_part(exported, kind), shapes)
 
 
 if __name__ == '__main__':

@@ -59,7 +59,7 @@ def plan(device: str) -> list[tuple[str, list[str]]]:
             for old, new in CPU_SIZES.items():
                 args = args.replace(old, new)
             memory = name == 'upernet-512-fp32'
-            args += ' --warmup 0 --threads 1'  # one thread: no OpenMP waits on a shared CPU
+            args += ' --warmup 0 --threads 1 --gemm 256'  # 1 thread: no OpenMP waits
         runs.append((name, [*args.split(), *(['--memory'] if memory else [])]))
     return runs
 

@@ -7,7 +7,9 @@ Runtime before it is kept.
 """
 from __future__ import annotations
 
+import copy
 import json
+import os.path as osp
 from collections.abc import Sequence
 
 import numpy as np
@@ -151,6 +153,37 @@ def export_part(model: nn.Module, kind: str) -> nn.Module:
     return part.eval()
 
 
+def pytorch_part(model: nn.Module, kind: str) -> nn.Module:
+    """The unmodified ``model`` (the backbone itself for ``'backbone'``) seen through the
+    interface of its exported ``kind``: what the file is checked against."""
+    wrap = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
+            'backbone': BackboneFeatures}[kind]
+    return wrap(model).eval()
+
+
+def file_metadata(model: nn.Module, kind: str, config: str, checkpoint: dict | None = None
+                  ) -> dict:
+    """What a user of the file needs: the input normalisation of ``model``'s data preprocessor
+    (a whole model, also for ``'backbone'``), and what the outputs are."""
+    pre = model.data_preprocessor
+    meta = dict(kind=kind, config=osp.basename(config),
+                mean=pre.mean.flatten().tolist(), std=pre.std.flatten().tolist(),
+                bgr_to_rgb=bool(getattr(pre, 'channel_conversion', False)),
+                input='float32 NCHW: (image - mean) / std, channels in RGB order if bgr_to_rgb '
+                      '(of a BGR image as loaded by mmcv), else as loaded')
+    if kind == 'segmentor':
+        meta['output'] = 'seg_logits: class scores at the input size; argmax over dim 1'
+        meta['num_classes'] = int(model.decode_head.out_channels)
+    else:
+        meta['output'] = 'feat0, feat1, ...: NCHW feature maps, strides ascending'
+    if kind == 'features':
+        meta['pad_size_divisor'] = int(getattr(pre, 'pad_size_divisor', 1))
+    dataset_meta = (checkpoint or {}).get('meta', {}).get('dataset_meta')
+    if isinstance(dataset_meta, dict):  # class names and palette, for tools/infer.py
+        meta['dataset_meta'] = {k.lower(): v for k, v in dataset_meta.items()}
+    return meta
+
+
 def output_names(part: nn.Module, sample: torch.Tensor) -> list[str]:
     """``seg_logits`` for a segmentor, else ``feat0``, ``feat1``, ... (one per returned map)."""
     if isinstance(part, SegmentorLogits):
@@ -227,3 +260,15 @@ def check_against_pytorch(path: str, part: nn.Module, shapes: Sequence[tuple[int
                 f'{worst:.2e} > {tol:.0e}')
         errors.append(worst)
     return errors
+
+
+def export_checked(model: nn.Module, kind: str, path: str, shapes: Sequence[tuple[int, int, int]],
+                   metadata: dict, name: str | None = None) -> list[float]:
+    """Export ``kind`` of a copy of ``model`` (the backbone itself for ``'backbone'``) to
+    ``path``, then check the file against the unmodified ``model`` at each ``(batch, height,
+    width)`` of ``shapes`` (``check_against_pytorch``); returns the errors. The export example
+    has the first shape's size and at least 2 images (a batch of 1 would freeze the batch)."""
+    batch, height, width = shapes[0]
+    part = export_part(copy.deepcopy(model), kind)
+    export_onnx(part, torch.randn(max(batch, 2), 3, height, width), path, metadata)
+    return check_against_pytorch(path, pytorch_part(model, kind), shapes, name=name)

@@ -54,6 +54,18 @@ def calibration_inputs(cfg: Config, data_preprocessor: nn.Module,
     return arrays
 
 
+def random_calibration_inputs(data_preprocessor: nn.Module | None, shape: tuple[int, int],
+                              num: int, seed: int = 1) -> list[np.ndarray]:
+    """``num`` random uint8 images of ``shape`` through ``data_preprocessor`` (or ``(x - 127.5) /
+    64`` without one): calibration for timing only, since the ranges are not real images'."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (3, *shape), generator=g, dtype=torch.uint8)
+              for _ in range(num)]
+    with torch.no_grad():
+        return [(data_preprocessor(dict(inputs=[i]), False)['inputs'] if data_preprocessor
+                 else (i[None] - 127.5) / 64).float().cpu().numpy() for i in images]
+
+
 def quantize_int8(fp32_path: str, int8_path: str, inputs: list[np.ndarray]) -> None:
     """Write ``int8_path``: the convolutions of ``fp32_path`` with int8 weights (per output
     channel) and int8 inputs (QDQ format, min/max ranges over ``inputs``).

@@ -60,6 +60,18 @@ class OnnxNetwork:
         return [torch.from_numpy(out).to(image.device) for out in outputs]
 
 
+class OnnxModule(nn.Module):
+    """An exported backbone (or detector features) file as a module: ``forward(image)`` returns
+    the file's outputs, as the PyTorch backbone returns its maps."""
+
+    def __init__(self, path: str, threads: int | None = None):
+        super().__init__()
+        self.network = OnnxNetwork(path, threads)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return self.network(image)
+
+
 def run_segmentor_in_onnx_runtime(model: nn.Module, path: str,
                                   threads: int | None = None) -> OnnxNetwork:
     """Let ``model`` (an mmseg segmentor built from the config, or a wrapper of one) compute its
