@@ -135,10 +135,15 @@ def _check_coco_file(dataset, loader: str, needs_annotations: bool) -> None:
                             f'{e.lineno}, column {e.colno}): re-download or regenerate '
                             f'it') from None
     folder = dataset.data_prefix.get('img', '')
-    images = {img['id']: img for img in coco.get('images', [])}
+    try:
+        images = {img['id']: img for img in coco.get('images', [])}
+        missing = _missing([osp.join(folder, img['file_name']) for img in images.values()])
+    except (AttributeError, KeyError, TypeError):
+        raise DataError(f'{ann_file} ({loader}) is not a COCO annotation file (an "images" list '
+                        f'of entries with "id" and "file_name"): re-download or regenerate '
+                        f'it') from None
     if not images:
         raise DataError(f'{ann_file} ({loader}) lists no image: re-download or regenerate it')
-    missing = _missing([osp.join(folder, img['file_name']) for img in images.values()])
     if missing:
         raise DataError(f'{len(missing)} of the {len(images)} images listed in {ann_file} are '
                         f'missing, e.g. {missing[0]}: download them, or point data_prefix.img of '
