@@ -39,7 +39,7 @@ from mmengine.registry import HOOKS
 from PIL import Image
 
 from backbones.cli.config import build_model, load_config
-from backbones.runtime.adapt import latest_complete_checkpoint
+from backbones.runtime.hooks import latest_complete_checkpoint
 
 # --- the table --------------------------------------------------------------------------------
 # Each case: (id, tool, make, fragments). ``make(ctx)`` writes what the case needs under ctx.tmp

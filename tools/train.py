@@ -18,9 +18,10 @@ from backbones.cli.data_check import check_data_roots, readable_data_errors
 from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.cli.quiet import hide_stack_log_warnings
 from backbones.errors import CheckpointError, ConfigError
-from backbones.runtime.adapt import adapt_to_device, add_safety_hooks, latest_complete_checkpoint
+from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
 from backbones.runtime.amp import float32_mmcv_ops
 from backbones.runtime.data_checks import add_data_checks
+from backbones.runtime.hooks import latest_complete_checkpoint
 
 
 def parse_args() -> argparse.Namespace:

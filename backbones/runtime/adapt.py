@@ -18,7 +18,6 @@ from mmengine.logging import print_log
 
 from . import amp as _amp  # noqa: F401  (registers BF16AmpOptimWrapper)
 from . import hooks as _hooks  # noqa: F401  (registers SafeRunHook, ChannelsLastHook)
-from .hooks import latest_complete_checkpoint  # noqa: F401  (used by tools/train.py)
 from .launchers import check_launcher_env, init_cpu_process_group
 
 
