@@ -226,3 +226,38 @@ def test_mismatch_is_refused_with_the_size(tmp_path):
     make_shapes_dynamic(model)
     export_onnx(model, torch.randn(2, 3, 64, 64), path, {'kind': 'backbone'})
     assert max(check_against_pytorch(path, model, [(1, 64, 64), (2, 77, 130)])) < 1e-5
+
+
+@pytest.mark.slow
+def test_detector_with_features_in_onnx_runtime_detects_as_pytorch(exported, tiny_data):
+    """A features export runs the detector's backbone + FPN inside mmdet's own predict (RPN and
+    RoI heads in PyTorch): the same boxes, scores and labels as the PyTorch model; a segmentor
+    file is refused."""
+    import copy
+
+    from mmdet.structures import DetDataSample
+
+    from backbones.checkpoint import fit_model_checkpoint
+    from backbones.deploy.onnx_runtime import run_features_in_onnx_runtime
+    from backbones.errors import CheckpointError
+    run = exported('mask_rcnn', 'features')
+    assert run.code == 0, run.printed[-3000:]
+    model = _build(run.cfg, run.options[1:]).eval()
+    model.load_state_dict(fit_model_checkpoint(model, run.ckpt)[1], strict=False)
+    model.test_cfg.rcnn.score_thr = 0.0  # random heads score low: keep detections to compare
+    in_ort = copy.deepcopy(model)
+    run_features_in_onnx_runtime(in_ort, str(run.out))
+    assert not any(k.startswith(('backbone.', 'neck.')) for k in in_ort.state_dict())
+    g = torch.Generator().manual_seed(0)
+    meta = dict(ori_shape=(80, 112), img_shape=(80, 112), scale_factor=(1.0, 1.0))
+    data = dict(inputs=[torch.randint(0, 256, (3, 80, 112), dtype=torch.uint8, generator=g)],
+                data_samples=[DetDataSample(metainfo=meta)])
+    with torch.no_grad():
+        ref, got = (m.test_step(copy.deepcopy(data))[0].pred_instances for m in (model, in_ort))
+    assert len(ref) > 0 and len(got) == len(ref)
+    torch.testing.assert_close(got.bboxes, ref.bboxes, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(got.scores, ref.scores, rtol=1e-3, atol=1e-4)
+    assert torch.equal(got.labels, ref.labels)
+    segmentor = exported('upernet', 'segmentor', int8=True)
+    with pytest.raises(CheckpointError, match="a 'segmentor' export; expected a features export"):
+        run_features_in_onnx_runtime(copy.deepcopy(model), str(segmentor.out))

@@ -1,34 +1,18 @@
 """Training and inference speed of InceptionNeXt against timm and ConvNeXt, timm-benchmark style.
 
-    python tools/benchmark.py --models backbone --sizes t --batch 2 --shape 512 \\
+    python tools/benchmark.py --models backbone,upernet --sizes t --batch 2 --shape 512 \\
         --variants ours,ours-cl-inside,timm,convnext --repeats 9 --threads 2
 
-``--models`` backbone, upernet, maskrcnn: our configs, and ConvNeXt (mmpretrain's) from the mmseg/
-mmdet configs in the installed packages; random weights. ``--sizes`` t, s, b, a (atto backbones in
-the T configs, for quick checks). ``--variants``: ``ours``, ``ours-deploy`` (after
-``backbone.fuse()``, inference only; ``ours-deploy-onednn`` / ``-no-onednn`` force its oneDNN MLP
-kernels on / off), ``timm`` (``inception_next_*`` with our weights and output norms; backbone only)
-or ``convnext``, each optionally followed by ``-cl-inside`` (the backbone runs channels-last inside:
-``channels_last_inside``, as the tools do on CPUs) or ``-cl`` (model and input channels_last); and
-``ours-ort``, ``convnext-ort`` (inference in ONNX Runtime on the CPU: the backbone, or UperNet's
-whole network inside mmseg's ``predict``, exported as tools/export.py does and checked against
-PyTorch; not Mask R-CNN, whose RPN and RoI heads are not exported), each optionally ``-int8``
-(static quantization calibrated on random images). Each inference row gets its GFLOP/s (2 x its
-multiply-adds per second, mmengine's counter); the machine's fp32 ceiling is an N x N matrix
-product (``--gemm``). A training step (forward + loss, backward, AdamW) takes three timestamps,
-synchronized on CUDA: the forward / backward / optimizer split. Steps of all variants alternate
-round-robin, so that noise hits all alike; reported is the median step. ``--memory``: peak memory
-of 2 steps above the memory before them, one variant after another: CUDA ``max_memory_allocated``,
-on CPUs the peak RSS (VmHWM) after handing freed memory back to the OS (glibc ``malloc_trim``);
-a fresh process per row would be cleaner. Writes results.json, results.csv and results.md.
+One runner per variant (random weights), all in one process; their steps alternate round-robin so
+that noise hits all alike, and the median step is reported. A training step (forward + loss,
+backward, AdamW) is split by three timestamps. Variants and flags: see the README's Speed and
+Deploy sections. Writes results.json, results.csv and results.md to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
-import ctypes
-import gc
 import json
 import os
 import os.path as osp
@@ -38,36 +22,33 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 
 import torch
 import torch.nn as nn
 
-from backbones.cli.config import build_model, load_config, parse_shape
+from backbones.cli import zoo
+from backbones.cli.config import parse_shape
 from backbones.cli.flops import inference_gflops
-from backbones.cli.machine import machine_info
+from backbones.cli.machine import machine_info, peak_memory_mib
 from backbones.cli.main import one_line_errors
+from backbones.cli.report import input_size, markdown_table
+from backbones.cli.zoo import CALIB, CONFIGS, SIZES, TASK, TimmFeatures
 from backbones.errors import ConfigError
 from backbones.runtime.amp import float32_mmcv_ops
 from backbones.runtime.layout import channels_last_inside
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SIZES = {'a': 'atto', 't': 'tiny', 's': 'small', 'b': 'base'}
-UPERNET = ('configs/upernet/upernet_inceptionnext-{}_8xb2-160k_ade20k-512x512.py', 'mmseg',
-           'configs/convnext/convnext-{}_upernet_8xb2-amp-160k_ade20k-512x512.py')
-CONFIGS = {  # family: ours, package, upstream config in its .mim folder (T's if no such size)
-    'backbone': UPERNET, 'upernet': UPERNET,
-    'maskrcnn': ('configs/mask_rcnn/mask-rcnn_inceptionnext-{}_fpn_1x_coco.py', 'mmdet',
-                 'configs/convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py')}
 VARIANT = re.compile(r'(ours-deploy(?:-onednn|-no-onednn)?|ours|timm|convnext)(-cl-inside|-cl)?'
                      r'|(ours|convnext)(-ort(?:-int8)?)')
-N_GT = 16  # objects (boxes + masks) per image of the synthetic detection batch
-CALIB = 4  # random images that calibrate the int8 variants
-COLUMNS = (('ms', 'median_ms', '.1f'), ('min', 'min_ms', '.1f'), ('fwd', 'fwd_ms', '.1f'),
+COLUMNS = [('model', 'family', ''), ('size', lambda r: SIZES[r['size']], ''),
+           ('variant', 'variant', ''), ('mode', 'mode', ''),
+           ('input', lambda r: f'{input_size(r)} {r["precision"]}', ''),
+           ('ms', 'median_ms', '.1f'), ('min', 'min_ms', '.1f'), ('fwd', 'fwd_ms', '.1f'),
            ('bwd', 'bwd_ms', '.1f'), ('opt', 'opt_ms', '.1f'), ('IQR %', 'iqr_pct', '.0f'),
            ('images/s', 'images_per_s', '.2f'), ('GMACs', 'gmacs', '.3g'),
            ('GFLOP/s', 'gflop_per_s', '.1f'), ('x first', 'speed_vs_first', '.2f'),
            ('x timm', 'speed_vs_timm', '.2f'), ('x ConvNeXt', 'speed_vs_convnext', '.2f'),
-           ('mem MiB', 'peak_mem_mib', '.0f'), ('params M', 'params_m', '.1f'))
+           ('mem MiB', 'peak_mem_mib', '.0f'), ('params M', 'params_m', '.1f')]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--compile', action='store_true', help='torch.compile every backbone')
     p.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument('--device', choices=['cpu', 'cuda'], help='(default: cuda if there is one)')
-    p.add_argument('--memory', action='store_true', help='peak memory too')
+    p.add_argument('--memory', action='store_true', help='peak memory of 2 steps too')
     p.add_argument('--gemm', type=int, default=4096, help='N of the N x N x N fp32 matrix product '
                    "timed as the machine's ceiling (default: %(default)s; 0: none)")
     p.add_argument('--out', default='work_dirs/benchmark', help='folder (default: %(default)s)')
@@ -127,91 +108,16 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def build(family: str, size: str, upstream: bool, args: argparse.Namespace) -> nn.Module:
-    """Our model or the upstream ConvNeXt one of a family and size, random weights."""
-    arch, (ours, package, path) = SIZES[size], CONFIGS[family]
-    if upstream:
-        import mmpretrain.models  # registers mmpretrain.ConvNeXt
-        folder = osp.join(osp.dirname(__import__(package).__file__), '.mim')
-        exists = osp.isfile(osp.join(folder, path.format(arch)))
-        cfg = load_config(osp.join(folder, path.format(arch if exists else 'tiny')))
-        dims = mmpretrain.models.ConvNeXt.arch_settings[arch]['channels']
-    else:
-        from backbones import ARCH_SETTINGS
-        cfg = load_config(osp.join(ROOT, ours.format('t' if size == 'a' else size)))
-        dims = ARCH_SETTINGS[arch]['dims']
-    cfg.model.backbone.arch, dims = arch, list(dims)
-    if 'neck' in cfg.model:
-        cfg.model.neck.in_channels = dims
-    else:
-        cfg.model.decode_head.in_channels, cfg.model.auxiliary_head.in_channels = dims, dims[2]
-    if family == 'backbone':
-        cfg.model = cfg.model.backbone
-    elif family == 'upernet':  # no padding beyond the input, one whole-image pass at test time
-        cfg.model.data_preprocessor.size, cfg.model.test_cfg = args.shape, dict(mode='whole')
-    else:  # random weights score below 0.05: keep max_per_img detections so masks are computed
-        cfg.model.test_cfg.rcnn.score_thr = 0.0
-    torch.manual_seed(0)
-    return build_model(cfg).to(args.device)
-
-
-class TimmFeatures(nn.Module):
-    """timm's InceptionNeXt with the weights of ``ours`` and its per-output norms."""
-
-    def __init__(self, ours: nn.Module, arch: str):
-        super().__init__()
-        import timm
-        rate = max((m.drop_prob for m in ours.modules() if hasattr(m, 'drop_prob')), default=0.0)
-        self.model = timm.create_model(f'inception_next_{arch}', drop_path_rate=rate)
-        self.model.prune_intermediate_layers(prune_head=True)  # the classifier is not run
-        missing, unexpected = self.model.load_state_dict(ours.state_dict(), strict=False)
-        if missing or any(not k.startswith('norm') for k in unexpected):
-            raise RuntimeError(f'timm weights do not match ours: {missing} {unexpected}')
-        self.norms = nn.ModuleList(copy.deepcopy(getattr(ours, f'norm{i}'))
-                                   for i in ours.out_indices)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feats = self.model.forward_intermediates(x, intermediates_only=True)
-        return tuple(norm(f) for norm, f in zip(self.norms, feats))
-
-
-def synthetic_batch(family: str, args: argparse.Namespace) -> dict:
-    """Random uint8 images with annotations, as a dataloader gives them."""
-    import numpy as np
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData, PixelData
-    from mmseg.structures import SegDataSample
-    g, (h, w), samples = torch.Generator().manual_seed(0), args.shape, []
-    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0))
-    for _ in range(args.batch):
-        if family == 'upernet':
-            samples.append(SegDataSample(metainfo=meta, gt_sem_seg=PixelData(
-                data=torch.randint(0, 150, (1, h, w), generator=g))))
-            continue
-        wh = torch.rand(N_GT, 2, generator=g) * torch.tensor([w / 2, h / 2]) + 16
-        xy = torch.rand(N_GT, 2, generator=g) * (torch.tensor([w, h]) - wh)
-        boxes, masks = torch.cat([xy, xy + wh], 1), np.zeros((N_GT, h, w), np.uint8)
-        for i, (x1, y1, x2, y2) in enumerate(boxes.round().int().tolist()):
-            masks[i, y1:y2, x1:x2] = 1
-        samples.append(DetDataSample(metainfo=meta, gt_instances=InstanceData(
-            bboxes=boxes, masks=BitmapMasks(masks, h, w),
-            labels=torch.randint(0, 80, (N_GT,), generator=g))))
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for _ in samples]
-    return dict(inputs=images, data_samples=samples)
-
-
 class Runner:
     """One variant: its model, inputs and optimizer; ``step`` times one step in parts."""
 
     def __init__(self, name: str, model: nn.Module, family: str, size: str, channels_last: bool,
-                 args: argparse.Namespace, raw: dict | None):
+                 args: argparse.Namespace, raw: dict | None, gmacs: float, params_m: float):
         self.name, self.model, self.family, self.size, self.args = name, model, family, size, args
-        self.cuda = args.device == 'cuda'
+        self.gmacs, self.params_m, self.cuda = gmacs, params_m, args.device == 'cuda'
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        onnx, self.gmacs = '-ort' in name, None
+        onnx = '-ort' in name
         self.modes = [m for m in args.mode if m == 'infer' or not (onnx or 'deploy' in name)]
-        self.params_m = sum(p.numel() for p in model.parameters()) / 1e6
         self.precision = ('int8' if name.endswith('-int8') else 'fp32' if onnx or not args.amp
                           else 'amp-fp16' if self.cuda else 'amp-bf16')
         self.inputs = {}  # mode: (input tensor, keyword arguments of the model)
@@ -227,10 +133,11 @@ class Runner:
         self.scaler = torch.amp.GradScaler('cuda', enabled=args.amp and self.cuda)
         self.times: dict[str, list[list[float]]] = {mode: [] for mode in self.modes}
         self.peak_mib: dict[str, float] = {}
-        if args.compile and not onnx and family == 'backbone':
-            self.model = torch.compile(model)
-        elif args.compile and not onnx:
-            model.backbone = torch.compile(model.backbone)
+        if args.compile and not onnx:
+            if family == 'backbone':
+                self.model = torch.compile(model)
+            else:
+                model.backbone = torch.compile(model.backbone)
 
     def _now(self) -> float:
         if self.cuda:
@@ -259,31 +166,12 @@ class Runner:
             stamps.append(self._now())
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
-    def measure_memory(self, mode: str, steps: int = 2) -> None:
-        """Peak MiB of ``steps`` steps above the memory before them (see the docstring)."""
-        if self.args.compile:  # compiling allocates much host memory: leave it out
-            self.step(mode)
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:  # hand memory freed by earlier steps back to the OS (glibc), then VmHWM := VmRSS
-            ctypes.CDLL(None).malloc_trim(0)
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')
-            base = _proc_status_bytes('VmRSS')
-        for _ in range(steps):
-            self.step(mode)
-        peak = torch.cuda.max_memory_allocated() if self.cuda else _proc_status_bytes('VmHWM')
-        self.peak_mib[mode] = (peak - base) / 2**20
-
     def result(self, mode: str) -> dict:
         """The median step of a mode (the upper one of an even count), with its parts."""
         steps, a = sorted(self.times[mode], key=sum), self.args
         mid, totals = steps[len(steps) // 2], [sum(s) for s in steps]
         q = statistics.quantiles(totals, n=4) if len(totals) >= 4 else None
-        rate = 2 * self.gmacs * a.batch / sum(mid) if self.gmacs and mode == 'infer' else None
+        rate = 2 * self.gmacs * a.batch / sum(mid) if mode == 'infer' else None
         return dict(family=self.family, size=self.size, variant=self.name, mode=mode,
                     batch=a.batch, shape=list(a.shape), precision=self.precision,
                     median_ms=1e3 * sum(mid), min_ms=1e3 * totals[0], **dict(zip(
@@ -294,58 +182,29 @@ class Runner:
                     peak_mem_mib=self.peak_mib.get(mode), times_ms=[1e3 * t for t in totals])
 
 
-def _proc_status_bytes(key: str) -> int:
-    with open('/proc/self/status') as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ':'))
-
-
-def onnx_model(model: nn.Module, family: str, int8: bool, args: argparse.Namespace,
-               path: str) -> nn.Module:
-    """``model`` exported to ``path`` (once; checked against PyTorch at 1 x H x W), or its int8
-    quantization, in ONNX Runtime behind the interface the eager runner calls: the backbone's
-    maps, or the segmentor with its network in the file (mmseg's ``predict`` around it)."""
-    from backbones.deploy.onnx_export import export_checked, file_metadata
-    from backbones.deploy.onnx_quantize import quantize_int8, random_calibration_inputs
-    from backbones.deploy.onnx_runtime import OnnxModule, run_segmentor_in_onnx_runtime
-    kind = 'backbone' if family == 'backbone' else 'segmentor'
-    if not osp.isfile(path):
-        meta = dict(kind=kind) if kind == 'backbone' else file_metadata(model, kind, path)
-        error = export_checked(model, kind, path, [(1, *args.shape)], meta)[0]
-        print(f'[benchmark] {osp.basename(path)}: relative error {error:.1e} vs PyTorch')
-    if int8:
-        fp32, path = path, path[:-len('onnx')] + 'int8.onnx'
-        quantize_int8(fp32, path, random_calibration_inputs(
-            getattr(model, 'data_preprocessor', None), args.shape, CALIB))
-    if family == 'backbone':
-        return OnnxModule(path, args.threads)
-    model = copy.deepcopy(model)
-    run_segmentor_in_onnx_runtime(model, path, args.threads)
-    return model
-
-
 def build_runners(family: str, size: str, args: argparse.Namespace, folder: str) -> list[Runner]:
     """A runner per variant; those of our model share the weights of one ``ours``, ConvNeXt's
     of one ``convnext``; -ort variants run their exports (in ``folder``)."""
-    models, gmacs, runners = {}, {}, []
-    raw = synthetic_batch(family, args) if family != 'backbone' else None
-    task = {'backbone': 'backbone', 'upernet': 'seg', 'maskrcnn': 'det'}[family]
+    models, runners = {}, []
+    raw = zoo.synthetic_batch(family, args.batch, args.shape) if family != 'backbone' else None
     for name in args.variants:
         m = VARIANT.fullmatch(name)
         base, suffix = m[1] or m[3], m[2] or m[4] or ''
-        if base == 'timm' and family != 'backbone' or '-ort' in suffix and family == 'maskrcnn':
-            print(f'[benchmark] {family}: no {name} (' + ('timm: backbone only)' if base == 'timm'
-                  else 'its RPN and RoI heads are not exported)'))
+        if base == 'timm' and family != 'backbone':
+            print(f'[benchmark] {family}: no {name} (timm: backbone only)')
             continue
         src = 'convnext' if base == 'convnext' else 'ours'
         if src not in models:
-            models[src] = build(family, size, src == 'convnext', args)
-            gmacs[src] = inference_gflops(models[src], task, args.shape)
+            model = zoo.build(family, size, src == 'convnext', args.shape, args.device)
+            models[src] = model, inference_gflops(model, TASK[family], args.shape)
+        eager, gmacs = models[src]
         if '-ort' in suffix:
-            model = onnx_model(models[src], family, suffix == '-ort-int8', args,
-                               osp.join(folder, f'{src}-{family}-{size}.onnx'))
+            path = osp.join(folder, f'{src}-{family}-{size}.onnx')
+            model = zoo.in_onnx_runtime(eager, family, path, args.shape, args.threads,
+                                        suffix == '-ort-int8')
         else:
-            model = (TimmFeatures(models[src], SIZES[size]).to(args.device) if base == 'timm'
-                     else copy.deepcopy(models[src]))
+            model = (TimmFeatures(eager, SIZES[size]).to(args.device) if base == 'timm'
+                     else copy.deepcopy(eager))
             backbone = getattr(model, 'backbone', model)
             if base.startswith('ours-deploy'):
                 backbone.eval().fuse({'-onednn': True, '-no-onednn': False}.get(base[11:]))
@@ -353,10 +212,8 @@ def build_runners(family: str, size: str, args: argparse.Namespace, folder: str)
                 channels_last_inside(backbone)
         cl = (args.channels_last or suffix == '-cl') and '-ort' not in suffix
         model = model.to(memory_format=torch.channels_last) if cl else model
-        runners.append(Runner(name, model, family, size, cl, args, raw))
-        runners[-1].gmacs = gmacs[src]
-        if '-ort' in suffix:  # the eager model's (the file's weights are not parameters)
-            runners[-1].params_m = sum(p.numel() for p in models[src].parameters()) / 1e6
+        params_m = sum(p.numel() for p in (eager if '-ort' in suffix else model).parameters()) / 1e6
+        runners.append(Runner(name, model, family, size, cl, args, raw, gmacs, params_m))
     return runners
 
 
@@ -367,7 +224,9 @@ def run_mode(runners: list[Runner], mode: str, args: argparse.Namespace) -> None
     for r in runners:
         r.model.train(mode == 'train')
         if args.memory:
-            r.measure_memory(mode)
+            if args.compile:  # compiling allocates much host memory: leave it out
+                r.step(mode)
+            r.peak_mib[mode] = peak_memory_mib(partial(r.step, mode), args.device)
     for i in range(args.warmup + args.repeats) if runners else ():
         for r in runners[i % len(runners):] + runners[:i % len(runners)]:
             parts = r.step(mode)
@@ -392,15 +251,8 @@ def markdown(report: dict) -> str:
              'of it; GMACs: multiply-adds per image at inference, GFLOP/s: 2 x GMACs x images/s; '
              'x first / x timm / x ConvNeXt: throughput ratio to the first variant of the model, '
              'timm, ConvNeXt (> 1: faster); mem: peak MiB of 2 steps; int8: calibrated on '
-             f'{CALIB} random images.', '',
-             '| model | size | variant | mode | input | ' + ' | '.join(c[0] for c in COLUMNS)
-             + ' |', '|---' * 5 + '|---:' * len(COLUMNS) + '|']
-    for r in report['results']:
-        cells = [r['family'], SIZES[r['size']], r['variant'], r['mode'],
-                 f'{r["batch"]}x{r["shape"][0]}x{r["shape"][1]} {r["precision"]}']
-        cells += ['-' if r[key] is None else format(r[key], spec) for _, key, spec in COLUMNS]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines) + '\n'
+             f'{CALIB} random images.', '']
+    return '\n'.join(lines + markdown_table(COLUMNS, report['results'])) + '\n'
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -427,18 +279,19 @@ def run(args: argparse.Namespace) -> dict:
             other = refs.get((r['family'], r['size'], r['mode'], ref))
             r[f'speed_vs_{ref}'] = r['images_per_s'] / other['images_per_s'] if other else None
     report['load_average_after'] = [round(x, 2) for x in os.getloadavg()]
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    with open(osp.join(out, 'results.json'), 'w') as f:
+    os.makedirs(args.out, exist_ok=True)
+    with open(osp.join(args.out, 'results.json'), 'w') as f:
         json.dump(report, f, indent=1)
-    with open(osp.join(out, 'results.csv'), 'w', newline='') as f:
+    with open(osp.join(args.out, 'results.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, ['family', 'size', 'variant', 'mode', 'batch', 'shape',
-                                    'precision', *(c[1] for c in COLUMNS)], extrasaction='ignore')
+                                    'precision', *(c[1] for c in COLUMNS[5:])],
+                                extrasaction='ignore')
         writer.writeheader()
         writer.writerows(report['results'])
-    with open(osp.join(out, 'results.md'), 'w') as f:
+    with open(osp.join(args.out, 'results.md'), 'w') as f:
         f.write(markdown(report))
-    print(markdown(report) + f'[benchmark] wrote results.json, results.csv and results.md to {out}')
+    print(markdown(report) + '[benchmark] wrote results.json, results.csv and results.md to '
+          + args.out)
     return report
 
 

@@ -17,11 +17,11 @@ import os.path as osp
 import re
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
 from backbones.checkpoint import fit_model_checkpoint, load_pretrained
 from backbones.cli.config import build_model, load_config, task_of
-from backbones.cli.main import one_line_errors
+from backbones.cli.main import add_cfg_options, one_line_errors
 from backbones.cli.outputs import check_output_file
 from backbones.deploy.onnx_export import (
     export_checked,
@@ -52,8 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--calib-data', help='--quantize: folder of training images')
     parser.add_argument('--calib-num', type=int, default=32,
                         help='--quantize: calibration images (default: 32)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from mmengine.config import DictAction
 
 from backbones.cli.config import build_model, load_config, parse_shape, task_of
 from backbones.cli.flops import complexity, drop_auxiliary_head, model_inputs
-from backbones.cli.main import one_line_errors
+from backbones.cli.main import add_cfg_options, one_line_errors
 
 DEFAULT_SHAPE = {'seg': (512, 512), 'det': (1280, 800)}
 
@@ -27,8 +26,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--shape', type=int, nargs='+', metavar='SIZE',
                         help='input height and width, or one number for a square input '
                         '(default: 512 512 for segmentors, 1280 800 for detectors)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.backbone.arch=small')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 

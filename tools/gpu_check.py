@@ -22,6 +22,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from backbones.cli.report import input_size, markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 # (name, benchmark.py arguments, measure memory), in the order of importance: runs the budget no
 # longer allows are the last ones. Memory takes a fresh process per row, so only some runs have it.
@@ -108,8 +110,17 @@ def test_results(junit: Path | None) -> dict | None:
     return dict(counts=counts, not_passed=others)
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return '-' if value is None else format(value, spec)
+def _parts(row: dict) -> str:
+    return ' / '.join('-' if row[k] is None else f'{row[k]:.1f}' for k in ('fwd_ms', 'bwd_ms',
+                                                                            'opt_ms'))
+
+
+COLUMNS = [('run', 'run', ''), ('model', 'family', ''), ('size', 'size', ''),
+           ('variant', 'variant', ''), ('mode', 'mode', ''), ('input', input_size, ''),
+           ('precision', 'precision', ''), ('ms', 'median_ms', '.1f'),
+           ('fwd / bwd / opt', _parts, 's'), ('images/s', 'images_per_s', '.1f'),
+           ('x timm', 'speed_vs_timm', '.2f'), ('x ConvNeXt', 'speed_vs_convnext', '.2f'),
+           ('mem MiB', 'peak_mem_mib', '.0f')]
 
 
 def summary(records: list[dict], out: Path, device: str, tests: dict | None,
@@ -150,18 +161,7 @@ def summary(records: list[dict], out: Path, device: str, tests: dict | None,
     lines += ['', 'ms: the median step, split into fwd (forward + loss), bwd (backward), opt '
               '(optimizer step); x timm / x ConvNeXt: throughput ratio of the same run (> 1: '
               'faster); mem: peak MiB for 2 steps (CUDA max_memory_allocated), - where not '
-              'measured.', '',
-              '| run | model | size | variant | mode | input | precision | ms | fwd / bwd / opt | '
-              'images/s | x timm | x ConvNeXt | mem MiB |',
-              '|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|']
-    for r in rows:
-        parts = ' / '.join(_fmt(r[k], '.1f') for k in ('fwd_ms', 'bwd_ms', 'opt_ms'))
-        lines.append(
-            f'| {r["run"]} | {r["family"]} | {r["size"]} | {r["variant"]} | {r["mode"]} | '
-            f'{r["batch"]}x{r["shape"][0]}x{r["shape"][1]} | {r["precision"]} | '
-            f'{r["median_ms"]:.1f} | {parts} | {r["images_per_s"]:.1f} | '
-            f'{_fmt(r["speed_vs_timm"], ".2f")} | {_fmt(r["speed_vs_convnext"], ".2f")} | '
-            f'{_fmt(r["peak_mem_mib"], ".0f")} |')
+              'measured.', '', *markdown_table(COLUMNS, rows)]
     (out / 'summary.md').write_text('\n'.join(lines) + '\n')
     return data
 

@@ -9,21 +9,21 @@ import argparse
 import os
 import os.path as osp
 import re
-import warnings
 from collections.abc import Mapping
 
 import mmcv
 import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import load_config, task_of
 from backbones.cli.data_check import IMAGE_SUFFIXES, image_files
-from backbones.cli.main import one_line_errors
+from backbones.cli.main import add_cfg_options, one_line_errors
 from backbones.cli.outputs import check_output_folder
+from backbones.cli.quiet import warning_hidden_from
 from backbones.errors import CheckpointError, ConfigError, DataError
 from backbones.inception_next import InceptionNeXt
 from backbones.runtime.layout import channels_last_inside
@@ -47,8 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='read CHECKPOINT with pickle, which can run code stored in it: only '
                         'for files you trust')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 
@@ -102,13 +101,9 @@ def build(cfg: Config, task: str, device: str) -> tuple[nn.Module, object]:
     else:
         from mmdet.apis import init_detector
         from mmdet.visualization import DetLocalVisualizer
-        # without a checkpoint (loaded and checked below) mmdet warns that it uses the COCO
-        # classes, after a simplefilter('once') that overrides every filter: keep that one off
-        with warnings.catch_warnings(record=True) as caught:
+        # without a checkpoint (loaded and checked below) mmdet warns that it uses COCO's classes
+        with warning_hidden_from('checkpoint is None'):
             model = init_detector(cfg, None, device='cpu')
-        for w in caught:
-            if 'checkpoint is None' not in str(w.message):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         visualizer = DetLocalVisualizer(name='infer')
     return revert_sync_batchnorm(model), visualizer
 

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import argparse
 
-from mmengine.config import DictAction
-
 from backbones.cli.config import load_config
-from backbones.cli.main import one_line_errors
+from backbones.cli.main import add_cfg_options, one_line_errors
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Print the whole config')
     parser.add_argument('config', help='config file path')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. model.backbone.arch=small')
+    add_cfg_options(parser)
     return parser.parse_args()
 
 

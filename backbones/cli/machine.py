@@ -1,11 +1,14 @@
 """What a benchmark records about its machine: CPU model and vector ISA, threads, versions, load
-average, GPU, and the fp32 matrix-product rate that bounds any model's GFLOP/s."""
+average, GPU, the fp32 matrix-product rate that bounds any model's GFLOP/s; and peak memory."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from importlib.util import find_spec
 
 import torch
@@ -42,3 +45,29 @@ def machine_info(device: str = 'cpu', gemm: int = 0) -> dict:
                           if find_spec(name)},
                 load_average=[round(x, 2) for x in os.getloadavg()],
                 gemm=dict(n=gemm, gflop_per_s=gemm_gflop_per_s(gemm, device)) if gemm else None)
+
+
+def _proc_status_bytes(key: str) -> int:
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ':'))
+
+
+def peak_memory_mib(run: Callable[[], object], device: str = 'cpu', steps: int = 2) -> float:
+    """Peak MiB of ``steps`` calls of ``run`` above the memory before them: CUDA's
+    ``max_memory_allocated``; on CPUs (Linux) the peak RSS, VmHWM, after glibc has handed memory
+    freed by earlier work back to the OS (``malloc_trim``), so that the baseline is what is in use.
+    Within a few per cent of a fresh process per model."""
+    gc.collect()
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        ctypes.CDLL(None).malloc_trim(0)
+        with open('/proc/self/clear_refs', 'w') as f:  # VmHWM := VmRSS
+            f.write('5')
+        base = _proc_status_bytes('VmRSS')
+    for _ in range(steps):
+        run()
+    peak = torch.cuda.max_memory_allocated() if device == 'cuda' else _proc_status_bytes('VmHWM')
+    return (peak - base) / 2**20

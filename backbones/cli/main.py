@@ -15,12 +15,17 @@ from ..runtime.files import disk_full_message, is_disk_full
 from .quiet import stack_warnings_hidden
 
 
-def add_runner_args(parser: ArgumentParser) -> None:
-    """``--cfg-options``, ``--launcher`` and ``--local-rank``: the flags of every tool that runs
-    a config through the Runner, spelt as in mmdet/mmseg."""
+def add_cfg_options(parser: ArgumentParser) -> None:
+    """``--cfg-options KEY=VALUE ...``: every tool that reads a config takes it, as upstream."""
     from mmengine.config import DictAction
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.drop_path_rate=0.1')
+
+
+def add_runner_args(parser: ArgumentParser) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local-rank``: the flags of every tool that runs
+    a config through the Runner, spelt as in mmdet/mmseg."""
+    add_cfg_options(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

@@ -1,9 +1,10 @@
-"""An exported segmentor run by ONNX Runtime inside mmseg's own inference.
+"""Exported files run by ONNX Runtime inside mmseg's and mmdet's own inference.
 
 ``tools/test.py`` and ``tools/infer.py`` (``--backend onnxruntime``) build the segmentor from the
 config as usual and hand its network to the ``.onnx`` file: the data preprocessor, sliding windows,
 test-time augmentation, the resize to the original image and the arg-max stay mmseg's, so a
-metric computed this way measures the exported network and nothing else.
+metric computed this way measures the exported network and nothing else. A detector's features
+file does the same for its backbone + FPN; its RPN and RoI heads stay PyTorch's.
 """
 from __future__ import annotations
 
@@ -72,6 +73,30 @@ class OnnxModule(nn.Module):
         return self.network(image)
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def _open_export(model: nn.Module, path: str, kind: str, threads: int | None) -> OnnxNetwork:
+    """The file as a network, after checking that it is a ``kind`` export normalising its input
+    as ``model``'s data preprocessor does (else ``CheckpointError``)."""
+    network = OnnxNetwork(path, threads)
+    if network.kind != kind:
+        what = f"a '{network.kind}' export" if network.kind else 'not written by tools/export.py'
+        raise CheckpointError(f'{path} is {what}; expected a {kind} export of this config '
+                              f'(tools/export.py CONFIG CHECKPOINT OUT.onnx --part {kind})')
+    preprocessor = model.data_preprocessor
+    ours = dict(mean=preprocessor.mean.flatten().tolist(), std=preprocessor.std.flatten().tolist())
+    for key, value in ours.items():
+        if not np.allclose(value, network.metadata.get(key, []), rtol=1e-6):
+            raise CheckpointError(f'{path} was exported with {key}={network.metadata.get(key)} '
+                                  f'but the config normalises with {value}')
+    return network
+
+
 def run_segmentor_in_onnx_runtime(model: nn.Module, path: str,
                                   threads: int | None = None) -> OnnxNetwork:
     """Let ``model`` (an mmseg segmentor built from the config, or a wrapper of one) compute its
@@ -81,23 +106,11 @@ def run_segmentor_in_onnx_runtime(model: nn.Module, path: str,
     otherwise ``CheckpointError``. The replaced PyTorch modules are dropped so that nothing can
     silently run on their untrained weights.
     """
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    network = OnnxNetwork(path, threads)
-    if network.kind != 'segmentor':
-        what = f"a '{network.kind}' export" if network.kind else 'not written by tools/export.py'
-        raise CheckpointError(f'{path} is {what}; --backend onnxruntime evaluates whole '
-                              'segmentors (tools/export.py SEG_CONFIG CHECKPOINT OUT.onnx)')
+    model = _unwrap(model)
     if not hasattr(model, 'encode_decode') or not hasattr(model, 'decode_head'):
-        raise CheckpointError(f'{path} is a segmentor export but the config builds '
-                              f'{type(model).__name__}, not an mmseg segmentor')
-    preprocessor = model.data_preprocessor
-    ours = dict(mean=preprocessor.mean.flatten().tolist(), std=preprocessor.std.flatten().tolist())
-    for key, value in ours.items():
-        if not np.allclose(value, network.metadata.get(key, []), rtol=1e-6):
-            raise CheckpointError(f'{path} was exported with {key}={network.metadata.get(key)} '
-                                  f'but the config normalises with {value}')
+        raise CheckpointError(f'{path}: the config builds {type(model).__name__}, not an mmseg '
+                              'segmentor; --backend onnxruntime evaluates whole segmentors')
+    network = _open_export(model, path, 'segmentor', threads)
     classes = network.session.get_outputs()[0].shape[1]
     if classes != model.decode_head.out_channels:
         raise CheckpointError(f'{path} predicts {classes} classes but the config\'s decode head '
@@ -111,4 +124,16 @@ def run_segmentor_in_onnx_runtime(model: nn.Module, path: str,
     model.backbone = _InOnnxFile('backbone')
     if getattr(model, 'neck', None) is not None:
         model.neck = _InOnnxFile('neck')
+    return network
+
+
+def run_features_in_onnx_runtime(model: nn.Module, path: str,
+                                 threads: int | None = None) -> OnnxNetwork:
+    """Let ``model`` (an mmdet detector) compute its backbone + FPN maps with the features export
+    ``path``; its RPN and RoI heads keep running in PyTorch on their own weights. The replaced
+    backbone and neck are dropped, as for segmentors."""
+    model = _unwrap(model)
+    network = _open_export(model, path, 'features', threads)
+    model.extract_feat = lambda inputs: tuple(network(inputs))
+    model.backbone, model.neck = _InOnnxFile('backbone'), _InOnnxFile('neck')
     return network
