@@ -14,7 +14,7 @@ from mmengine.config import DictAction
 from PIL import Image
 
 from backbones.cli.config import load_config
-from backbones.cli.quiet import stack_warnings_hidden
+from backbones.cli.quiet import stack_warnings_hidden, warning_hidden_from
 from backbones.demo.curves import DPI, FIGSIZE, draw_curves
 
 WARNING_LINE = re.compile(r'\w*Warning\b')
@@ -39,6 +39,25 @@ def test_only_the_stacks_known_warnings_are_hidden_and_only_inside():
     assert [str(w.message) for w in caught] == [
         '``build_loss`` would be deprecated soon', 'something the user should see',
         '``build_loss`` would be deprecated soon, again']
+    assert warnings.filters == before
+
+
+def test_warning_hidden_from_a_call_that_resets_the_filters():
+    """Like mmdet's init_detector without a checkpoint: the call's simplefilter('once') would
+    override any filter, so the one message is dropped after the call and the rest re-emitted;
+    the call's filter change ends with it."""
+    def init_detector_like() -> None:
+        warnings.simplefilter('once')
+        warnings.warn('checkpoint is None, use COCO classes by default.', stacklevel=1)
+        warnings.warn('a warning the user should see', stacklevel=1)
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        with warning_hidden_from('checkpoint is None'):
+            init_detector_like()
+        assert warnings.filters[0][0] == 'always'
+    assert [str(w.message) for w in caught] == ['a warning the user should see']
     assert warnings.filters == before
 
 

@@ -10,18 +10,13 @@ from backbones.cli.config import load_config
 from backbones.cli.main import add_cfg_options, one_line_errors
 
 
-def parse_args() -> argparse.Namespace:
+@one_line_errors
+def main() -> None:
     parser = argparse.ArgumentParser(description='Print the whole config')
     parser.add_argument('config', help='config file path')
     add_cfg_options(parser)
-    return parser.parse_args()
-
-
-@one_line_errors
-def main() -> None:
-    args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    print(cfg.pretty_text)
+    args = parser.parse_args()
+    print(load_config(args.config, args.cfg_options).pretty_text)
 
 
 if __name__ == '__main__':
