@@ -278,6 +278,10 @@ OVERRIDES = [  # (--cfg-options override, fragments of the error)
     ('train_cfg.max_iters.x=1', ["'train_cfg.max_iters' is 2", 'not a dict']),
     ('model.decode_head.in_channels=[96,192,384,768]',
      ['InceptionNeXt atto gives [40, 80, 160, 320]', 'in_channels=[40,80,160,320]']),
+    # fewer classes fail in the loss mid-run, more are never counted by the metric
+    ('model.auxiliary_head.num_classes=3',
+     ['model.auxiliary_head.num_classes is 3 but train_dataloader.dataset', 'classes',
+      'model.auxiliary_head.num_classes=']),
 ]
 
 TYPOS = [  # (override, config key, misspelt argument, suggestion) that a **kwargs path accepted
@@ -292,6 +296,9 @@ TYPOS = [  # (override, config key, misspelt argument, suggestion) that a **kwar
 
 CASES = [
     *[(f'override {o}', 'train.py', lambda ctx, o=o: _train(ctx, o), f) for o, f in OVERRIDES],
+    ('detector num_classes', 'train.py',
+     lambda ctx: _det_train(ctx, 'model.roi_head.bbox_head.num_classes=81'),
+     ['model.roi_head.bbox_head.num_classes is 81 but train_dataloader.dataset (CocoDataset)']),
     ('missing config', 'train.py', lambda ctx: ['configs/nope.py'],
      ['config file not found: configs/nope.py']),
     ('unimportable custom_imports', 'train.py', _unimportable,

@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import default_work_dir, load_config, task_of
 from backbones.cli.constructors import check_constructors
-from backbones.cli.data_check import check_data_roots, readable_data_errors
+from backbones.cli.data_check import check_data_roots, check_num_classes, readable_data_errors
 from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.cli.outputs import check_output_file, check_output_folder
 from backbones.cli.quiet import hide_stack_log_warnings
@@ -106,6 +106,7 @@ def main() -> None:
             cfg.test_evaluator.update(output_dir=args.out)
     add_safety_hooks(cfg, [args.checkpoint] if args.trust_checkpoint else [])
     check_data_roots(cfg, ('test_dataloader',))
+    check_num_classes(cfg, ('test_dataloader',))
     add_data_checks(cfg, ('test_dataloader',))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     hide_stack_log_warnings(runner.logger)

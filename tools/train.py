@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 from backbones.checkpoint import fit_model_checkpoint
 from backbones.cli.config import default_work_dir, load_config
 from backbones.cli.constructors import check_constructors
-from backbones.cli.data_check import check_data_roots, readable_data_errors
+from backbones.cli.data_check import check_data_roots, check_num_classes, readable_data_errors
 from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.cli.quiet import hide_stack_log_warnings
 from backbones.errors import CheckpointError, ConfigError
@@ -68,6 +68,7 @@ def main() -> None:
     add_safety_hooks(cfg, trusted)
     check_constructors(cfg, train=True)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
+    check_num_classes(cfg, ('train_dataloader', 'val_dataloader'))
     add_data_checks(cfg, ('train_dataloader', 'val_dataloader'))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     hide_stack_log_warnings(runner.logger)

@@ -1,5 +1,6 @@
-"""Check, before a run starts, that the datasets a config names exist, are not empty, and that the
-files they list are there (a listing and the COCO annotation file: no image is decoded)."""
+"""Check, before a run starts, that the datasets a config names exist, are not empty, that the
+files they list are there (a listing and the COCO annotation file: no image is decoded), and
+that the model's heads have as many classes as the datasets."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from mmengine.config import Config
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, UserError
+from ..errors import ConfigError, DataError, UserError
 
 HOW_TO_GET = {
     'ADE20KDataset': 'download ADEChallengeData2016.zip from the MIT Scene Parsing site and unzip '
@@ -78,6 +79,37 @@ def built_lazily(cfg: Config, ds: Mapping):
     from mmengine.registry import DATASETS, init_default_scope
     init_default_scope(cfg.get('default_scope') or 'mmengine')
     return DATASETS.build({**ds, 'pipeline': [], 'lazy_init': True})
+
+
+def _class_counts(node, key: str) -> Iterator[tuple[str, int]]:
+    """(config key, value) of every ``num_classes`` below ``node``, the RPN's (1) aside."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k == 'num_classes' and isinstance(v, int) and 'rpn_head' not in key:
+                yield f'{key}.num_classes', v
+            else:
+                yield from _class_counts(v, f'{key}.{k}')
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _class_counts(v, f'{key}.{i}')
+
+
+def check_num_classes(cfg: Config, loaders: Iterable[str]) -> None:
+    """Raise ``ConfigError`` if a head's ``num_classes`` differs from the classes of a dataset
+    it trains or is tested on: fewer fail in the loss mid-run, more predict classes that the
+    metric never counts (a silently wrong result)."""
+    heads = list(_class_counts(cfg.get('model'), 'model'))
+    for loader in loaders if heads else ():
+        for ds in dataset_dicts((cfg.get(loader) or {}).get('dataset')):
+            if 'dataset' in ds or 'datasets' in ds or 'type' not in ds:
+                continue
+            classes = built_lazily(cfg, ds).metainfo.get('classes') or ()
+            for key, count in heads:
+                if classes and count != len(classes):
+                    raise ConfigError(
+                        f'{key} is {count} but {loader}.dataset ({ds["type"]}) has '
+                        f'{len(classes)} classes: set --cfg-options {key}={len(classes)}, or '
+                        f'give the dataset metainfo=dict(classes=[...]) with {count} names')
 
 
 def _is_a(dataset, name: str) -> bool:
