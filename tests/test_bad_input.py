@@ -6,6 +6,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -817,6 +818,32 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_da
     assert not list(work.rglob('*.tmp'))
     monkeypatch.undo()
     _assert_resumes(cfg, work, 1)
+
+
+def test_a_full_disk_while_logging_is_one_line(tmp_path, tiny_data, monkeypatch):
+    """Logging swallows a failed write (a traceback on stderr, then training on without a
+    log): SafeRunHook turns ENOSPC in the log file into the full-disk line at the end of the
+    iteration, with the last checkpoint intact."""
+    emit = logging.FileHandler.emit
+    work = tmp_path / 'work'
+
+    def emit_on_a_full_disk(self, record) -> None:
+        if not (work / 'iter_1.pth').is_file():
+            return emit(self, record)
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            self.handleError(record)
+
+    monkeypatch.setattr(logging.FileHandler, 'emit', emit_on_a_full_disk)
+    cfg = write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'], iters=3)
+    code, _, err = run_here('train.py', *train_args(cfg, work, 'default_hooks.checkpoint.interval=1'
+                                                    ))
+    # iteration 2's log line fails after the hook's check of that iteration, before its save
+    assert_one_line_error(code, err, 'no space left on ', '.log: free some space',
+                          f'the last complete checkpoint, {work}/iter_2.pth, is intact')
+    assert 'Logging error' not in err
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_1.pth', 'iter_2.pth']
 
 
 def _popen_train(cfg: str, work: Path, *extra: str, **popen) -> subprocess.Popen:

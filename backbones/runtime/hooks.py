@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import os.path as osp
 import re
 import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -164,6 +166,29 @@ def atomic_checkpoints(runner, after_save: Callable | None = None) -> Iterator[N
             del hook._save_checkpoint_with_step
 
 
+@contextmanager
+def log_disk_full_noticed(logger: logging.Logger, failed: list) -> Iterator[None]:
+    """While active, a write of ``logger``'s log files that fails on a full disk is appended to
+    ``failed`` as (error, file) instead of what logging does (a traceback, then training on
+    without a log); other errors are handled as logging handles them."""
+    handlers = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+
+    def handle_error(handler: logging.FileHandler, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if error is not None and is_disk_full(error):
+            failed.append((error, handler.baseFilename))
+        else:
+            type(handler).handleError(handler, record)
+
+    for handler in handlers:
+        handler.handleError = functools.partial(handle_error, handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            vars(handler).pop('handleError', None)
+
+
 def _chain_text(error: BaseException | None) -> str:
     """The messages of ``error`` and of the exceptions it wraps (mmengine re-raises an error
     raised inside a save as another one)."""
@@ -220,6 +245,7 @@ class SafeRunHook(Hook):
         self._active = ExitStack()
         self._stop = StopRequest()
         self._training = False
+        self._log_failed: list[tuple[BaseException, str]] = []
 
     def before_run(self, runner) -> None:
         self._active.close()  # a second run (train, then test) of the same runner
@@ -231,6 +257,8 @@ class SafeRunHook(Hook):
                 print_log(f'removed {len(stale)} unfinished checkpoint file(s) of an earlier '
                           f'run: {", ".join(stale)}', logger='current')
             self._active.enter_context(atomic_checkpoints(runner, self._stop_after_save))
+            self._log_failed = []
+            self._active.enter_context(log_disk_full_noticed(runner.logger, self._log_failed))
         loop = getattr(runner, '_train_loop', None)  # built by Runner.train before before_run
         if isinstance(loop, BaseLoop):
             self._guard(runner, loop)
@@ -276,6 +304,11 @@ class SafeRunHook(Hook):
                 self._stop_at(runner, signum, runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._log_failed:  # the disk filled up while logging: stop as for a checkpoint
+            error, path = self._log_failed[0]
+            self._active.close()
+            raise DiskFullError(f'{disk_full_message(error, path)}: '
+                                f'{_after_disk_full(runner.work_dir)}')
         loss = (outputs or {}).get('loss')
         if self.finite_loss and loss is not None and not torch.isfinite(loss).all():
             self._active.close()
