@@ -15,9 +15,18 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-def run_demo(tmp_path: Path, task: str, *overrides: str) -> tuple[Path, str]:
+@pytest.fixture(scope='module')
+def demo_root(tmp_path_factory) -> Path:
+    """The demo data, generated once for the module (the demo only reads it)."""
+    from backbones.demo.data import ensure_demo_data
+    root = tmp_path_factory.mktemp('demo')
+    ensure_demo_data(str(root))
+    return root
+
+
+def run_demo(tmp_path: Path, root: Path, task: str, *overrides: str) -> tuple[Path, str]:
     work_dir = tmp_path / 'work'
-    result = run_tool('tools/demo.py', task, '--data-root', str(tmp_path / 'demo'), '--work-dir',
+    result = run_tool('tools/demo.py', task, '--data-root', str(root), '--work-dir',
                       str(work_dir), '--cfg-options', *overrides, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert '[demo] ===== summary =====' in result.stdout
@@ -38,9 +47,10 @@ def losses_fall(work_dir: Path, factor: float) -> None:
     assert np.mean(losses[-5:]) < factor * np.mean(losses[:5]), losses
 
 
-def test_seg_demo(tmp_path):
-    work_dir, out = run_demo(tmp_path, 'seg', 'train_cfg.max_iters=40', 'train_cfg.val_interval=40',
-                             'default_hooks.logger.interval=2', 'train_dataloader.batch_size=2',
+def test_seg_demo(tmp_path, demo_root):
+    work_dir, out = run_demo(tmp_path, demo_root, 'seg', 'train_cfg.max_iters=40',
+                             'train_cfg.val_interval=40', 'default_hooks.logger.interval=2',
+                             'train_dataloader.batch_size=2',
                              'default_hooks.checkpoint.interval=40')
     # the demo config fixes the seed; over seeds 0-7 this ratio was 0.63-0.82 and mIoU 33-51
     losses_fall(work_dir, 0.9)
@@ -51,7 +61,7 @@ def test_seg_demo(tmp_path):
     # recompute mIoU from the saved prediction maps (ADE20K ids, as the annotations)
     inter, union = np.zeros(151), np.zeros(151)
     preds = sorted((work_dir / 'predictions').glob('*.png'))
-    anns = tmp_path / 'demo' / 'ade' / 'ADEChallengeData2016' / 'annotations' / 'validation'
+    anns = demo_root / 'ade' / 'ADEChallengeData2016' / 'annotations' / 'validation'
     assert len(preds) == len(list(anns.glob('*.png'))) == 40
     for pred_path in preds:
         pred = np.asarray(Image.open(pred_path), dtype=np.int64)
@@ -67,8 +77,8 @@ def test_seg_demo(tmp_path):
     assert glob.glob(str(work_dir / 'vis' / '**' / '*.png'), recursive=True)
 
 
-def test_det_demo(tmp_path):
-    work_dir, out = run_demo(tmp_path, 'det', 'train_cfg.max_epochs=1',
+def test_det_demo(tmp_path, demo_root):
+    work_dir, out = run_demo(tmp_path, demo_root, 'det', 'train_cfg.max_epochs=1',
                              'train_cfg.val_interval=1', 'default_hooks.logger.interval=1',
                              'default_hooks.checkpoint.interval=1', 'param_scheduler.0.end=2',
                              'train_dataloader.batch_size=2', 'train_dataloader.dataset.indices=24',
@@ -85,7 +95,7 @@ def test_det_demo(tmp_path):
     assert sum(len(p['pred_instances']['labels']) for p in predictions) > 0
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    gt = COCO(str(tmp_path / 'demo' / 'coco' / 'annotations' / 'instances_val2017.json'))
+    gt = COCO(str(demo_root / 'coco' / 'annotations' / 'instances_val2017.json'))
     cat_ids = sorted(gt.getCatIds())  # all 80 COCO categories: CocoDataset's label order
     dets = []
     for p in predictions:
@@ -105,7 +115,7 @@ def test_det_demo(tmp_path):
     assert evaluator.stats[0] == pytest.approx(reported['coco/bbox_mAP'], abs=6e-4)  # 3 decimals
 
 
-def test_demo_uses_a_local_imagenet_checkpoint(tmp_path, monkeypatch):
+def test_demo_uses_a_local_imagenet_checkpoint(tmp_path, demo_root, monkeypatch):
     """With ~/.cache/torch/hub/checkpoints/inceptionnext_tiny.pth present the demo loads it."""
     import timm
     import torch
@@ -114,8 +124,8 @@ def test_demo_uses_a_local_imagenet_checkpoint(tmp_path, monkeypatch):
     torch.save(timm.create_model('inception_next_tiny').state_dict(),
                hub / 'inceptionnext_tiny.pth')
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    work_dir, out = run_demo(tmp_path, 'seg', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
-                             'default_hooks.checkpoint.interval=2')
+    work_dir, out = run_demo(tmp_path, demo_root, 'seg', 'train_cfg.max_iters=2',
+                             'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2')
     assert f'[demo] using the ImageNet checkpoint {hub / "inceptionnext_tiny.pth"}' in out
     log = next(work_dir.glob('*/*.log')).read_text()
     assert f'InceptionNeXt: loaded 316 tensors from {hub / "inceptionnext_tiny.pth"}' in log

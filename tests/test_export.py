@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers import ATTO, FAMILIES, SEG_TAIL, run_here, run_tool, write_config
+from helpers import ATTO, FAMILIES, SEG_TAIL, run_here, run_tool_here, write_config
 from PIL import Image
 
 pytest.importorskip('onnxruntime')
@@ -185,8 +185,8 @@ def test_test_tool_onnxruntime_equals_pytorch(tmp_path, exported):
     results = {}
     for backend, checkpoint in (('pytorch', run.ckpt), ('onnxruntime', str(run.out))):
         work, preds = tmp_path / f'work_{backend}', tmp_path / f'preds_{backend}'
-        proc = run_tool('tools/test.py', run.cfg, checkpoint, '--backend', backend,
-                        '--work-dir', str(work), '--out', str(preds), *run.options)
+        proc = run_tool_here('tools/test.py', run.cfg, checkpoint, '--backend', backend,
+                             '--work-dir', str(work), '--out', str(preds), *run.options)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[backend] = _metric_and_maps(work, preds)
     (miou, maps), (onnx_miou, onnx_maps) = results['pytorch'], results['onnxruntime']

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from helpers import ATTO, FAMILIES, last_metrics, run_tool, write_config
+from helpers import ATTO, FAMILIES, last_metrics, run_tool, run_tool_here, write_config
 from mmengine.config import DictAction
 from PIL import Image
 
@@ -98,8 +98,8 @@ def test_validating_often_leaves_training_unchanged(tmp_path, tiny_data):
     runs = {}
     for name, tail, interval in (('end', seed, 4), ('often', hook, 1), ('unkept', seed, 1)):
         cfg, overrides = _tiny_upernet(tmp_path / name, tiny_data, iters=4, tail=tail)
-        result = run_tool('tools/train.py', cfg, '--work-dir', str(tmp_path / name / 'work'),
-                          '--cfg-options', *overrides, f'train_cfg.val_interval={interval}')
+        result = run_tool_here('tools/train.py', cfg, '--work-dir', str(tmp_path / name / 'work'),
+                               '--cfg-options', *overrides, f'train_cfg.val_interval={interval}')
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = _losses_and_miou(tmp_path / name / 'work')
     assert len(runs['end'][0]) == 4
@@ -143,8 +143,8 @@ def test_tensorboard_override_writes_event_files(tmp_path, tiny_data):
     pytest.importorskip('tensorboard', reason='pip install tensorboard (the dev extra has it)')
     cfg, overrides = _tiny_upernet(tmp_path, tiny_data, iters=1)
     work_dir = tmp_path / 'work'
-    result = run_tool('tools/train.py', cfg, '--work-dir', str(work_dir), '--cfg-options',
-                      *overrides, TENSORBOARD)
+    result = run_tool_here('tools/train.py', cfg, '--work-dir', str(work_dir), '--cfg-options',
+                           *overrides, TENSORBOARD)
     assert result.returncode == 0, result.stderr[-3000:]
     events = list(work_dir.glob('*/vis_data/events.out.tfevents.*'))
     assert len(events) == 1 and events[0].stat().st_size > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, assert_one_line_error, run_here, run_tool
+from helpers import ROOT, assert_one_line_error, run_here, run_tool_here
 from PIL import Image
 
 from backbones import InceptionNeXt
@@ -44,7 +44,7 @@ def no_temp_files(folder: Path) -> bool:
 
 @pytest.mark.slow
 def test_get_flops_upernet_t_full_size():
-    proc = run_tool('tools/get_flops.py', UPERNET_T, '--shape', '64', '64')
+    proc = run_tool_here('tools/get_flops.py', UPERNET_T, '--shape', '64', '64')
     assert proc.returncode == 0, proc.stderr
     rows = table(proc.stdout)
     assert 'input:  1x3x64x64' in proc.stdout
@@ -58,10 +58,10 @@ def test_get_flops_upernet_t_full_size():
 
 @pytest.mark.slow
 def test_get_flops_mask_rcnn_atto_pads_to_divisor():
-    proc = run_tool('tools/get_flops.py', MASK_RCNN_T, '--shape', '60', '90',
-                    *cfg_options({'model.backbone.arch': 'atto',
-                                  'model.neck.in_channels': [40, 80, 160, 320],
-                                  'model.test_cfg.rpn.max_per_img': 50}))
+    proc = run_tool_here('tools/get_flops.py', MASK_RCNN_T, '--shape', '60', '90',
+                         *cfg_options({'model.backbone.arch': 'atto',
+                                       'model.neck.in_channels': [40, 80, 160, 320],
+                                       'model.test_cfg.rpn.max_per_img': 50}))
     assert proc.returncode == 0, proc.stderr
     rows = table(proc.stdout)
     assert 'input:  1x3x64x96 (padded from 60x90)' in proc.stdout
@@ -81,7 +81,7 @@ def test_convert_timm_checkpoint(tmp_path, timm_atto, suffix):
     else:
         torch.save(timm_atto.state_dict(), src)
     dst = tmp_path / 'out' / 'atto_backbone.pth'
-    proc = run_tool('tools/convert_checkpoint.py', src, dst)
+    proc = run_tool_here('tools/convert_checkpoint.py', src, dst)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(dst)
     assert 'InceptionNeXt-atto' in proc.stdout
@@ -99,7 +99,7 @@ def test_convert_bad_input_is_one_line_error(tmp_path, case):
     if case == 'not-a-checkpoint':
         src.write_text('not a checkpoint\n')
     dst = tmp_path / 'out.pth'
-    proc = run_tool('tools/convert_checkpoint.py', src, dst)
+    proc = run_tool_here('tools/convert_checkpoint.py', src, dst)
     assert_one_line_error(proc.returncode, proc.stderr, str(src))
     assert not dst.exists() and no_temp_files(tmp_path)
 
@@ -115,7 +115,7 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
                 'state_dict': state, 'optimizer': {'state': {0: torch.zeros(3)}},
                 'message_hub': {'log_scalars': {}}, 'param_schedulers': []}, src)
     dst = tmp_path / 'release' / 'upernet_atto.pth'
-    proc = run_tool('tools/convert_checkpoint.py', src, dst)
+    proc = run_tool_here('tools/convert_checkpoint.py', src, dst)
     assert proc.returncode == 0, proc.stderr
     final = Path(proc.stdout.strip().splitlines()[-1])
     m = re.fullmatch(r'upernet_atto-([0-9a-f]{8})\.pth', final.name)
@@ -127,7 +127,8 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
     assert out['state_dict'].keys() == state.keys()
     assert all(torch.equal(out['state_dict'][k], v) for k, v in state.items())
     assert no_temp_files(dst.parent)
-    again = run_tool('tools/convert_checkpoint.py', src, tmp_path / 'again' / 'upernet_atto.pth')
+    again = run_tool_here('tools/convert_checkpoint.py', src,
+                          tmp_path / 'again' / 'upernet_atto.pth')
     assert Path(again.stdout.strip().splitlines()[-1]).name == final.name  # reproducible name
 
 
@@ -157,8 +158,8 @@ def test_infer_seg_deploy_writes_pngs(tmp_path, seg_checkpoint):
     for name in ('a.jpg', 'b.png'):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / name)
     out_dir = tmp_path / 'vis'
-    proc = run_tool('tools/infer.py', UPERNET_T, seg_checkpoint, images, '--out-dir', out_dir,
-                    '--deploy', *cfg_options(TINY_UPERNET))
+    proc = run_tool_here('tools/infer.py', UPERNET_T, seg_checkpoint, images, '--out-dir', out_dir,
+                         '--deploy', *cfg_options(TINY_UPERNET))
     assert proc.returncode == 0, proc.stderr
     for name in ('a', 'b'):
         png = out_dir / f'{name}.png'
@@ -176,8 +177,8 @@ def test_infer_det_writes_pngs(tmp_path):
     image = tmp_path / 'street.jpg'
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(image)
-    proc = run_tool('tools/infer.py', MASK_RCNN_T, checkpoint, image, '--out-dir', tmp_path / 'vis',
-                    '--score-thr', '0', *cfg_options(options))
+    proc = run_tool_here('tools/infer.py', MASK_RCNN_T, checkpoint, image, '--out-dir',
+                         tmp_path / 'vis', '--score-thr', '0', *cfg_options(options))
     assert proc.returncode == 0, proc.stderr
     png = tmp_path / 'vis' / 'street.png'
     assert f'-> {png}' in proc.stdout
@@ -203,8 +204,8 @@ def test_infer_missing_input_is_one_line_error(tmp_path, seg_checkpoint, missing
 # --- print_config.py and the shell launchers --------------------------------------------------
 
 def test_print_config():
-    proc = run_tool('tools/print_config.py', UPERNET_T, '--cfg-options',
-                    'model.backbone.arch=small')
+    proc = run_tool_here('tools/print_config.py', UPERNET_T, '--cfg-options',
+                         'model.backbone.arch=small')
     assert proc.returncode == 0, proc.stderr
     assert "type='InceptionNeXt'" in proc.stdout and "arch='small'" in proc.stdout
     assert "type='UPerHead'" in proc.stdout

@@ -66,8 +66,9 @@ def plan(device: str) -> list[tuple[str, list[str]]]:
     return runs
 
 
-def run_plan(device: str, out: Path, budget: float) -> list[dict]:
-    """Run every benchmark of the plan that the budget still allows; one record per run."""
+def run_plan(device: str, out: Path, budget: float, only: list[str] | None = None) -> list[dict]:
+    """Run every benchmark of the plan (of ``only``, if given) that the budget still allows; one
+    record per run of the plan."""
     deadline = time.monotonic() + budget
     records = []
     for name, args in plan(device):
@@ -76,7 +77,9 @@ def run_plan(device: str, out: Path, budget: float) -> list[dict]:
         record = dict(name=name, command=' '.join(['python', *argv[1:]]), status='skipped',
                       seconds=0.0, detail='no time left in the budget')
         left = deadline - time.monotonic()
-        if left > 5:
+        if only is not None and name not in only:
+            record['detail'] = 'not in --runs'
+        elif left > 5:
             print(f'[gpu-check] {name} ({left:.0f} s left)', flush=True)
             start = time.monotonic()
             try:
@@ -173,11 +176,16 @@ def main(argv: list[str] | None = None) -> None:
                         help='seconds for all benchmark runs together (default 300)')
     parser.add_argument('--out', default='work_dirs/gpu_check')
     parser.add_argument('--junit', help="pytest's --junitxml file of the check's tests")
+    parser.add_argument('--runs', help='comma list of the plan\'s runs to do (default: all)')
     args = parser.parse_args(argv)
+    only = args.runs.split(',') if args.runs else None
+    names = [name for name, _ in plan(args.device)]
+    if only and set(only) - set(names):
+        parser.error(f'--runs {args.runs}: the plan has {", ".join(names)}')
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    records = run_plan(args.device, out, args.budget)
+    records = run_plan(args.device, out, args.budget, only)
     data = summary(records, out, args.device, test_results(Path(args.junit)) if args.junit
                    else None, time.monotonic() - start)
     print((out / 'summary.md').read_text())

@@ -11,6 +11,7 @@
 #   --no-install       use the environment of PYTHON (default python3) as it is
 #   --tests "ARGS"     pytest arguments (default: tests/test_cuda.py tests/test_install.py)
 #   --budget SECONDS   the whole check (default 450: under 8 minutes with the start)
+#   --runs NAMES       only these benchmark runs of tools/gpu_check.py's plan (comma list)
 #   --out DIR          (default work_dirs/gpu_check): summary.md, summary.json, tests.xml, logs
 #
 # A first run builds mmcv with CUDA ops for the present GPU from the wheelhouse's sdist (not
@@ -20,7 +21,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEVICE=cuda WH=$ROOT/wheelhouse VENV=$ROOT/.venv-gpu INSTALL=1 BUDGET=450
-OUT=$ROOT/work_dirs/gpu_check TESTS="tests/test_cuda.py tests/test_install.py"
+OUT=$ROOT/work_dirs/gpu_check TESTS="tests/test_cuda.py tests/test_install.py" RUNS=
 die() { echo "[gpu-check] error: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,6 +31,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --tests) TESTS=$2; shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     *) die "unknown argument $1 (see the top of $0)" ;;
   esac
@@ -78,7 +80,7 @@ left=$((BUDGET - (SECONDS - start) - 15))
 say "benchmark, $left s left"
 bench_ok=1
 (cd "$ROOT" && "$PY" tools/gpu_check.py --device "$DEVICE" --budget "$left" --out "$OUT" \
-  --junit "$OUT/tests.xml") || bench_ok=0
+  --junit "$OUT/tests.xml" ${RUNS:+--runs "$RUNS"}) || bench_ok=0
 say "done"
 [ "$tests_ok" = 1 ] || die "tests failed or ran out of time (see $OUT/tests.log)"
 [ "$bench_ok" = 1 ] || die "a benchmark run failed (see $OUT/summary.md)"
