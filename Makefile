@@ -1,6 +1,8 @@
 # The README's commands. `make test` and `make demo` set the environment up first if needed.
 PY := .venv/bin/python
 COMPAT_PY := .venv-compat/bin/python
+# pytest-xdist workers of `make test` (each takes its share of the cores: tests/conftest.py)
+TEST_WORKERS ?= 2
 # what `make test-compat` runs on the older stack: install, backbone, loading, configs, runs
 COMPAT_TESTS := tests/test_install.py tests/test_backbone.py tests/test_checkpoint.py \
 	tests/test_configs.py tests/test_guest.py tests/test_runner_e2e.py
@@ -17,7 +19,7 @@ lint: setup
 	$(PY) -m ruff check backbones configs tools tests
 
 test: setup lint
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup lint
 	$(PY) -m pytest tests -q -m "not slow"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
 
 import pytest
@@ -14,6 +15,16 @@ from helpers import (
 )
 
 from backbones.demo.data import make_ade20k, make_coco
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs 2 workers) each worker takes its share of the
+    cores, and so do the tools it starts, instead of all of them each."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ['OMP_NUM_THREADS'] = str(threads)
 
 
 def pytest_addoption(parser):

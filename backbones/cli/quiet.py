@@ -21,6 +21,9 @@ STACK_WARNINGS = (
      r'mmseg\.models\.losses\.cross_entropy_loss'),
     (r'`reduce_zero_label` will be deprecated', UserWarning, r'mmseg\.datasets\.transforms'),
     (r'The draw is False', UserWarning, r'mm(seg|det)\.engine\.hooks\.visualization_hook'),
+    # a predicted box or mask drawn partly outside its image (mmengine clips it)
+    (r'Warning: The (bbox|polygon) is out of bounds', UserWarning,
+     r'mmengine\.visualization\.visualizer'),
 )
 # starts of messages that mmengine logs as warnings about its own internals on every run
 STACK_LOG_WARNINGS = (
