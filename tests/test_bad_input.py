@@ -280,9 +280,9 @@ OVERRIDES = [  # (--cfg-options override, fragments of the error)
     ('model.decode_head.in_channels=[96,192,384,768]',
      ['InceptionNeXt atto gives [40, 80, 160, 320]', 'in_channels=[40,80,160,320]']),
     # fewer classes fail in the loss mid-run, more are never counted by the metric
-    ('model.auxiliary_head.num_classes=3',
-     ['model.auxiliary_head.num_classes is 3 but train_dataloader.dataset', 'classes',
-      'model.auxiliary_head.num_classes=']),
+    ('model.decode_head.num_classes=3',
+     ['model.decode_head.num_classes is 3 but train_dataloader.dataset', 'has 150 classes',
+      '--cfg-options model.decode_head.num_classes=150']),
 ]
 
 TYPOS = [  # (override, config key, misspelt argument, suggestion) that a **kwargs path accepted
@@ -298,8 +298,11 @@ TYPOS = [  # (override, config key, misspelt argument, suggestion) that a **kwar
 CASES = [
     *[(f'override {o}', 'train.py', lambda ctx, o=o: _train(ctx, o), f) for o, f in OVERRIDES],
     ('detector num_classes', 'train.py',
-     lambda ctx: _det_train(ctx, 'model.roi_head.bbox_head.num_classes=81'),
-     ['model.roi_head.bbox_head.num_classes is 81 but train_dataloader.dataset (CocoDataset)']),
+     lambda ctx: _det_train(ctx, 'model.roi_head.bbox_head.num_classes=81',
+                            'model.roi_head.mask_head.num_classes=81'),
+     ['model.roi_head.bbox_head.num_classes is 81 but train_dataloader.dataset (CocoDataset)',
+      '--cfg-options model.roi_head.bbox_head.num_classes=80 '
+      'model.roi_head.mask_head.num_classes=80']),
     ('missing config', 'train.py', lambda ctx: ['configs/nope.py'],
      ['config file not found: configs/nope.py']),
     ('unimportable custom_imports', 'train.py', _unimportable,

@@ -81,35 +81,51 @@ def built_lazily(cfg: Config, ds: Mapping):
     return DATASETS.build({**ds, 'pipeline': [], 'lazy_init': True})
 
 
-def _class_counts(node, key: str) -> Iterator[tuple[str, int]]:
-    """(config key, value) of every ``num_classes`` below ``node``, the RPN's (1) aside."""
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            if k == 'num_classes' and isinstance(v, int) and 'rpn_head' not in key:
-                yield f'{key}.num_classes', v
-            else:
-                yield from _class_counts(v, f'{key}.{k}')
-    elif isinstance(node, (list, tuple)):
-        for i, v in enumerate(node):
-            yield from _class_counts(v, f'{key}.{i}')
+# The heads whose num_classes counts the dataset's classes: mmseg's decode head (OCRNet: a list)
+# and the box and mask heads of two-stage detectors (Cascade: a list per stage). Others are left
+# alone: an RPN has 1, STDC's auxiliary detail head 2, HTC's semantic head counts COCO-stuff,
+# Grounding DINO's bbox_head.num_classes is a text length.
+_CLASS_HEADS = ('decode_head', 'roi_head.bbox_head', 'roi_head.mask_head')
+
+
+def _class_counts(model: Mapping) -> Iterator[tuple[str, int]]:
+    """(config key, value) of ``num_classes`` of each head of ``_CLASS_HEADS`` in ``model``."""
+    for path in _CLASS_HEADS:
+        node: object = model
+        for part in path.split('.'):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        heads = node if isinstance(node, (list, tuple)) else [node]
+        for i, head in enumerate(heads):
+            count = head.get('num_classes') if isinstance(head, Mapping) else None
+            if isinstance(count, int):
+                index = f'.{i}' if isinstance(node, (list, tuple)) else ''
+                yield f'model.{path}{index}.num_classes', count
 
 
 def check_num_classes(cfg: Config, loaders: Iterable[str]) -> None:
     """Raise ``ConfigError`` if a head's ``num_classes`` differs from the classes of a dataset
     it trains or is tested on: fewer fail in the loss mid-run, more predict classes that the
-    metric never counts (a silently wrong result)."""
-    heads = list(_class_counts(cfg.get('model'), 'model'))
+    metric never counts (a silently wrong result). Panoptic datasets count their
+    ``thing_classes`` for detection heads; mmseg's 1-channel binary head may say 1 for 2."""
+    model = cfg.get('model')
+    heads = list(_class_counts(model)) if isinstance(model, Mapping) else []
     for loader in loaders if heads else ():
         for ds in dataset_dicts((cfg.get(loader) or {}).get('dataset')):
             if 'dataset' in ds or 'datasets' in ds or 'type' not in ds:
                 continue
-            classes = built_lazily(cfg, ds).metainfo.get('classes') or ()
+            meta = built_lazily(cfg, ds).metainfo
+            wrong = []
             for key, count in heads:
-                if classes and count != len(classes):
-                    raise ConfigError(
-                        f'{key} is {count} but {loader}.dataset ({ds["type"]}) has '
-                        f'{len(classes)} classes: set --cfg-options {key}={len(classes)}, or '
-                        f'give the dataset metainfo=dict(classes=[...]) with {count} names')
+                classes = meta.get('thing_classes') if 'roi_head' in key else None
+                n = len(classes or meta.get('classes') or ())
+                if n and count != n and not (count == 1 and n == 2 and 'roi_head' not in key):
+                    wrong.append(f'{key}={n}')
+            if wrong:
+                key, count = next((k, c) for k, c in heads if k == wrong[0].split('=')[0])
+                raise ConfigError(
+                    f'{key} is {count} but {loader}.dataset ({ds["type"]}) has '
+                    f'{wrong[0].split("=")[1]} classes: set --cfg-options {" ".join(wrong)}, or '
+                    f'give the dataset metainfo=dict(classes=[...]) with {count} names')
 
 
 def _is_a(dataset, name: str) -> bool:
