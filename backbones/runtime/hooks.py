@@ -167,7 +167,8 @@ def atomic_checkpoints(runner, after_save: Callable | None = None) -> Iterator[N
 
 
 @contextmanager
-def log_disk_full_noticed(logger: logging.Logger, failed: list) -> Iterator[None]:
+def log_disk_full_noticed(logger: logging.Logger,
+                          failed: list[tuple[BaseException, str]]) -> Iterator[None]:
     """While active, a write of ``logger``'s log files that fails on a full disk is appended to
     ``failed`` as (error, file) instead of what logging does (a traceback, then training on
     without a log); other errors are handled as logging handles them."""
@@ -257,8 +258,8 @@ class SafeRunHook(Hook):
                 print_log(f'removed {len(stale)} unfinished checkpoint file(s) of an earlier '
                           f'run: {", ".join(stale)}', logger='current')
             self._active.enter_context(atomic_checkpoints(runner, self._stop_after_save))
-            self._log_failed = []
-            self._active.enter_context(log_disk_full_noticed(runner.logger, self._log_failed))
+        self._log_failed = []
+        self._active.enter_context(log_disk_full_noticed(runner.logger, self._log_failed))
         loop = getattr(runner, '_train_loop', None)  # built by Runner.train before before_run
         if isinstance(loop, BaseLoop):
             self._guard(runner, loop)
@@ -294,21 +295,32 @@ class SafeRunHook(Hook):
 
     def after_run(self, runner) -> None:
         self._active.close()
+        if self._log_failed:  # the run's last log lines (a test run's: any of them)
+            raise self._log_disk_full('free some space: the run finished, but its log is '
+                                      'incomplete')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         """The iteration boundary: the previous iteration's hooks (lr schedule, logging, saving)
-        have all run, so a checkpoint now is what a periodic one would hold."""
-        if self._training and self.stop_on_signals:
-            signum = _max_over_ranks(self._stop.signum)[0]
+        have all run, so a checkpoint now is what a periodic one would hold. A log file that hit
+        a full disk on any rank stops every rank here."""
+        if self._training:
+            signum, log_full = _max_over_ranks(self._stop.signum if self.stop_on_signals else 0,
+                                               bool(self._log_failed))
+            if log_full:
+                self._active.close()
+                raise self._log_disk_full(_after_disk_full(runner.work_dir))
             if signum:
                 self._stop_at(runner, signum, runner.iter)
 
+    def _log_disk_full(self, then: str) -> DiskFullError:
+        """The one line for a log file write that failed on a full disk (here or on another
+        rank); ``then``: what to do."""
+        if not self._log_failed:
+            return DiskFullError(f'no space left for the log file of another rank: {then}')
+        error, path = self._log_failed[0]
+        return DiskFullError(f'{disk_full_message(error, path)}: {then}')
+
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._log_failed:  # the disk filled up while logging: stop as for a checkpoint
-            error, path = self._log_failed[0]
-            self._active.close()
-            raise DiskFullError(f'{disk_full_message(error, path)}: '
-                                f'{_after_disk_full(runner.work_dir)}')
         loss = (outputs or {}).get('loss')
         if self.finite_loss and loss is not None and not torch.isfinite(loss).all():
             self._active.close()
