@@ -19,10 +19,11 @@ from backbones.demo.data import make_ade20k, make_coco
 
 def pytest_configure(config):
     """Under pytest-xdist (``make test`` runs 2 workers) each worker takes its share of the
-    cores, and so do the tools it starts, instead of all of them each."""
-    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    cores it may use, and so do the tools it starts, instead of all of them each."""
+    workers = getattr(config, 'workerinput', {}).get('workercount', 1)
     if workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+        threads = max(1, min(torch.get_num_threads(), (cores or 1) // workers))
         torch.set_num_threads(threads)
         os.environ['OMP_NUM_THREADS'] = str(threads)
 

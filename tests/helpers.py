@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import random
 import runpy
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -103,6 +106,10 @@ def forget_mmengine_instances() -> None:
     def subclasses(cls: type) -> list[type]:
         return [cls] + [c for sub in cls.__subclasses__() for c in subclasses(sub)]
 
+    for logger in MMLogger._instance_dict.values():
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
     for base in (MMLogger, MessageHub, Visualizer):
         for cls in subclasses(base):
             cls._instance_dict.clear()
@@ -111,10 +118,14 @@ def forget_mmengine_instances() -> None:
 def run_here(tool: str, *args) -> tuple[int, str, str]:
     """Run ``tools/<tool>`` as ``__main__`` in this process, at the repository root (imports are
     shared, so it is quick); returns the exit status, stdout and stderr. mmengine's named
-    instances of earlier runs are forgotten first, as a new process would not have them."""
+    instances of earlier runs are forgotten first, as a new process would not have them; the
+    random generators and mmengine's default scope, which a run sets, are restored after it."""
+    from mmengine.registry import DefaultScope
     forget_mmengine_instances()
     out, err = io.StringIO(), io.StringIO()
     old_argv, old_cwd = sys.argv, os.getcwd()
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    scopes = dict(DefaultScope._instance_dict)
     sys.argv = [f'tools/{tool}', *map(str, args)]
     os.chdir(ROOT)
     try:  # warnings printed as a user's terminal shows them, not collected by pytest
@@ -131,12 +142,18 @@ def run_here(tool: str, *args) -> tuple[int, str, str]:
     finally:
         sys.argv = old_argv
         os.chdir(old_cwd)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        DefaultScope._instance_dict.clear()
+        DefaultScope._instance_dict.update(scopes)
     return code, out.getvalue(), err.getvalue()
 
 
 def run_tool_here(tool: str, *args) -> subprocess.CompletedProcess:
     """``run_tool('tools/x.py', ...)`` run by ``run_here``: the same result without a new
-    process's imports (seconds a call), for tools that change nothing process-wide."""
+    process's imports (seconds a call). Not for what needs a process of its own: signals,
+    thread settings, warnings as a new process shows them, distributed runs."""
     code, out, err = run_here(Path(tool).name, *args)
     return subprocess.CompletedProcess([tool, *map(str, args)], code, out, err)
 

@@ -11,8 +11,7 @@ import os
 
 import pytest
 import torch
-from helpers import ATTO, FAMILIES, SEG_TAIL, last_metrics, write_config
-from helpers import run_tool_here as run_tool
+from helpers import ATTO, FAMILIES, SEG_TAIL, last_metrics, run_tool_here, write_config
 
 from backbones.safe_load import SAFE_GLOBALS, load_torch_file
 
@@ -28,7 +27,7 @@ def test_train_val_test_and_resume(tmp_path, tiny_data, family):
     cfg = write_config(tmp_path, base, tail, root=tiny_data[task], iters=3)
     work_dir = tmp_path / 'work'
     args = ['--cfg-options', *ATTO.split(), *overrides.split()]
-    result = run_tool('tools/train.py', cfg, '--work-dir', str(work_dir), *args)
+    result = run_tool_here('tools/train.py', cfg, '--work-dir', str(work_dir), *args)
     assert result.returncode == 0, result.stderr[-3000:]
     train_logs, val_logs = last_metrics(work_dir)
     losses = [x['loss'] for x in train_logs if 'loss' in x]
@@ -40,11 +39,12 @@ def test_train_val_test_and_resume(tmp_path, tiny_data, family):
     if get_unsafe is not None:  # torch >= 2.5 lists them; older torch: the load below checks
         assert set(get_unsafe(str(ckpt))) <= set(SAFE_GLOBALS)
     assert 'message_hub' in load_torch_file(str(ckpt))
-    tested = run_tool('tools/test.py', cfg, str(ckpt), '--work-dir', str(tmp_path / 't'), *args)
+    tested = run_tool_here('tools/test.py', cfg, str(ckpt), '--work-dir', str(tmp_path / 't'),
+                           *args)
     assert tested.returncode == 0, tested.stderr[-3000:]
     more = ['train_cfg.max_iters=4'] if task == 'seg' else ['train_cfg.max_epochs=2']
-    resumed = run_tool('tools/train.py', cfg, '--work-dir', str(work_dir), '--resume', *args,
-                       *more)
+    resumed = run_tool_here('tools/train.py', cfg, '--work-dir', str(work_dir), '--resume', *args,
+                            *more)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'resumed epoch' in resumed.stdout + resumed.stderr
     assert os.path.isfile(work_dir / ('iter_4.pth' if task == 'seg' else 'epoch_2.pth'))
@@ -60,17 +60,18 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_data):
     work_dir = tmp_path / 'work'
     args = ['tools/train.py', cfg, '--work-dir', str(work_dir), '--cfg-options', *ATTO.split(),
             *overrides.split()]
-    first = run_tool(*args)
+    first = run_tool_here(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (work_dir / 'iter_2.pth').is_file()
-    second = run_tool(*args, 'train_cfg.max_iters=4', '--resume')
+    second = run_tool_here(*args, 'train_cfg.max_iters=4', '--resume')
     assert second.returncode == 0, second.stderr[-3000:]
     assert 'resumed epoch: 0, iter: 2' in second.stdout + second.stderr
     state = torch.load(work_dir / 'iter_4.pth', map_location='cpu', weights_only=False)
     assert state['meta']['iter'] == 4
     steps = {int(s['step']) for s in state['optimizer']['state'].values()}
     assert steps == {4}  # AdamW continued from its saved state: 2 + 2 steps
-    straight = run_tool(*args, 'train_cfg.max_iters=4', '--work-dir', str(tmp_path / 'straight'))
+    straight = run_tool_here(*args, 'train_cfg.max_iters=4', '--work-dir',
+                             str(tmp_path / 'straight'))
     assert straight.returncode == 0, straight.stderr[-3000:]
     ref = torch.load(tmp_path / 'straight' / 'iter_4.pth', map_location='cpu', weights_only=False)
     assert state['param_schedulers'] == ref['param_schedulers']  # the warm-up was not restarted
@@ -86,10 +87,10 @@ def test_test_tool_tta_and_deploy(tmp_path, tiny_data):
     cfg = write_config(tmp_path, base, tail, root=tiny_data['seg'], iters=1)
     work_dir = tmp_path / 'work'
     args = ['--cfg-options', *ATTO.split(), *overrides.split()]
-    assert run_tool('tools/train.py', cfg, '--work-dir', str(work_dir), *args).returncode == 0
+    assert run_tool_here('tools/train.py', cfg, '--work-dir', str(work_dir), *args).returncode == 0
     for flags in (['--tta'], ['--deploy']):
-        result = run_tool('tools/test.py', cfg, str(work_dir / 'iter_1.pth'), '--work-dir',
-                          str(tmp_path / flags[0][2:]), *flags, *args)
+        result = run_tool_here('tools/test.py', cfg, str(work_dir / 'iter_1.pth'), '--work-dir',
+                               str(tmp_path / flags[0][2:]), *flags, *args)
         assert result.returncode == 0, result.stderr[-3000:]
         assert 'mIoU' in result.stdout + result.stderr
     assert 'folded the backbone' in result.stdout + result.stderr
@@ -99,8 +100,8 @@ def test_auto_scale_lr(tmp_path, tiny_data):
     """--auto-scale-lr rescales the config's lr from its base batch (16) to the actual one (2)."""
     base, tail, overrides = FAMILIES['upernet']
     cfg = write_config(tmp_path, base, tail, root=tiny_data['seg'], iters=1)
-    result = run_tool('tools/train.py', cfg, '--work-dir', str(tmp_path / 'work'),
-                      '--auto-scale-lr', '--cfg-options', *ATTO.split(), *overrides.split())
+    result = run_tool_here('tools/train.py', cfg, '--work-dir', str(tmp_path / 'work'),
+                           '--auto-scale-lr', '--cfg-options', *ATTO.split(), *overrides.split())
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'batch size of 16 and the current batch size is 2' in result.stdout + result.stderr
     state = torch.load(tmp_path / 'work' / 'iter_1.pth', map_location='cpu', weights_only=False)
@@ -120,14 +121,14 @@ def test_amp_train_and_test_on_the_cpu(tmp_path, tiny_data, family):
     cfg = write_config(tmp_path, base, tail, root=tiny_data[task], iters=2)
     work_dir = tmp_path / 'work'
     args = ['--cfg-options', *ATTO.split(), *overrides.split()]
-    result = run_tool('tools/train.py', cfg, '--work-dir', str(work_dir), '--amp', *args)
+    result = run_tool_here('tools/train.py', cfg, '--work-dir', str(work_dir), '--amp', *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'bfloat16 autocast on the CPU' in result.stdout + result.stderr
     train_logs, val_logs = last_metrics(work_dir)
     assert all(torch.isfinite(torch.tensor(x['loss'])) for x in train_logs if 'loss' in x)
     checkpoint = sorted(work_dir.glob('*.pth'))[-1]
-    result = run_tool('tools/test.py', cfg, str(checkpoint), '--work-dir', str(tmp_path / 'test'),
-                      '--amp', *args)
+    result = run_tool_here('tools/test.py', cfg, str(checkpoint), '--work-dir',
+                           str(tmp_path / 'test'), '--amp', *args)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(next((tmp_path / 'test').glob('*/*.json')).read_text())
     assert ('mIoU' if task == 'seg' else 'coco/bbox_mAP') in metrics

@@ -38,6 +38,7 @@ from backbones.errors import ConfigError
 from backbones.runtime.amp import float32_mmcv_ops
 from backbones.runtime.layout import channels_last_inside
 
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 VARIANT = re.compile(r'(ours-deploy(?:-onednn|-no-onednn)?|ours|timm|convnext)(-cl-inside|-cl)?'
                      r'|(ours|convnext)(-ort(?:-int8)?)')
 COLUMNS = [('model', 'family', ''), ('size', lambda r: SIZES[r['size']], ''),
@@ -195,7 +196,7 @@ def build_runners(family: str, size: str, args: argparse.Namespace, folder: str)
             continue
         src = 'convnext' if base == 'convnext' else 'ours'
         if src not in models:
-            model = zoo.build(family, size, src == 'convnext', args.shape, args.device)
+            model = zoo.build(family, size, src == 'convnext', args.shape, ROOT, args.device)
             models[src] = model, inference_gflops(model, TASK[family], args.shape)
         eager, gmacs = models[src]
         if '-ort' in suffix:
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> dict:
         json.dump(report, f, indent=1)
     with open(osp.join(args.out, 'results.csv'), 'w', newline='') as f:
         writer = csv.DictWriter(f, ['family', 'size', 'variant', 'mode', 'batch', 'shape',
-                                    'precision', *(c[1] for c in COLUMNS[5:])],
+                                    'precision', *(key for _, key, spec in COLUMNS if spec)],
                                 extrasaction='ignore')
         writer.writeheader()
         writer.writerows(report['results'])

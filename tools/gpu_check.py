@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--junit', help="pytest's --junitxml file of the check's tests")
     parser.add_argument('--runs', help='comma list of the plan\'s runs to do (default: all)')
     args = parser.parse_args(argv)
-    only = args.runs.split(',') if args.runs else None
+    only = [r.strip() for r in args.runs.split(',') if r.strip()] if args.runs else None
     names = [name for name, _ in plan(args.device)]
     if only and set(only) - set(names):
         parser.error(f'--runs {args.runs}: the plan has {", ".join(names)}')

@@ -57,8 +57,9 @@ def peak_memory_mib(run: Callable[[], object], device: str = 'cpu', steps: int =
     ``max_memory_allocated``; on CPUs (Linux) the peak RSS, VmHWM, after glibc has handed memory
     freed by earlier work back to the OS (``malloc_trim``), so that the baseline is what is in use.
     Within a few per cent of a fresh process per model."""
+    cuda = device.startswith('cuda')
     gc.collect()
-    if device == 'cuda':
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -69,5 +70,5 @@ def peak_memory_mib(run: Callable[[], object], device: str = 'cpu', steps: int =
         base = _proc_status_bytes('VmRSS')
     for _ in range(steps):
         run()
-    peak = torch.cuda.max_memory_allocated() if device == 'cuda' else _proc_status_bytes('VmHWM')
+    peak = torch.cuda.max_memory_allocated() if cuda else _proc_status_bytes('VmHWM')
     return (peak - base) / 2**20

@@ -10,6 +10,7 @@ console of a tool's Runner (the log file keeps every line).
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +54,9 @@ def warning_hidden_from(message: str) -> Iterator[None]:
         yield
     for w in caught:
         if not str(w.message).startswith(message):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            module = next((name for name, m in list(sys.modules.items())
+                           if getattr(m, '__file__', None) == w.filename), None)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module)
 
 
 class _StackLogFilter(logging.Filter):

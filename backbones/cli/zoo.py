@@ -11,7 +11,6 @@ import torch.nn as nn
 
 from .config import build_model, load_config
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repository: configs/
 SIZES = {'a': 'atto', 't': 'tiny', 's': 'small', 'b': 'base'}
 UPERNET = ('configs/upernet/upernet_inceptionnext-{}_8xb2-160k_ade20k-512x512.py', 'mmseg',
            'configs/convnext/convnext-{}_upernet_8xb2-amp-160k_ade20k-512x512.py')
@@ -25,11 +24,11 @@ N_GT = 16  # objects (boxes + masks) per image of the synthetic detection batch
 CALIB = 4  # random images that calibrate the int8 variants
 
 
-def build(family: str, size: str, upstream: bool, shape: tuple[int, int],
+def build(family: str, size: str, upstream: bool, shape: tuple[int, int], root: str,
           device: str = 'cpu') -> nn.Module:
-    """Our model (from this repository's configs) or the upstream ConvNeXt one (from the mmseg/
-    mmdet configs installed with them) of a family and size, random weights; ``shape``: the
-    input size, which UperNet pads to."""
+    """Our model (from the configs/ of the repository ``root``) or the upstream ConvNeXt one
+    (from the mmseg/mmdet configs installed with them) of a family and size, random weights;
+    ``shape``: the input size, which UperNet pads to."""
     arch, (ours, package, path) = SIZES[size], CONFIGS[family]
     if upstream:
         import mmpretrain.models  # registers mmpretrain.ConvNeXt
@@ -39,7 +38,7 @@ def build(family: str, size: str, upstream: bool, shape: tuple[int, int],
         dims = mmpretrain.models.ConvNeXt.arch_settings[arch]['channels']
     else:
         from .. import ARCH_SETTINGS
-        cfg = load_config(osp.join(ROOT, ours.format('t' if size == 'a' else size)))
+        cfg = load_config(osp.join(root, ours.format('t' if size == 'a' else size)))
         dims = ARCH_SETTINGS[arch]['dims']
     cfg.model.backbone.arch, dims = arch, list(dims)
     if 'neck' in cfg.model:
@@ -105,7 +104,8 @@ def synthetic_batch(family: str, batch: int, shape: tuple[int, int]) -> dict:
 def in_onnx_runtime(model: nn.Module, family: str, path: str, shape: tuple[int, int],
                     threads: int | None = None, int8: bool = False) -> nn.Module:
     """A copy of ``model`` whose backbone (+ neck, + decode head) runs the export ``path`` in
-    ONNX Runtime, as tools/test.py runs it; exported once and checked against PyTorch."""
+    ONNX Runtime (a segmentor as tools/test.py runs it, a detector with its heads in PyTorch);
+    exported once and checked against PyTorch."""
     from ..deploy import onnx_runtime
     from ..deploy.onnx_export import export_checked, file_metadata
     from ..deploy.onnx_quantize import quantize_int8, random_calibration_inputs

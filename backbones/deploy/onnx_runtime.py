@@ -134,6 +134,12 @@ def run_features_in_onnx_runtime(model: nn.Module, path: str,
     backbone and neck are dropped, as for segmentors."""
     model = _unwrap(model)
     network = _open_export(model, path, 'features', threads)
+    outputs, neck = network.session.get_outputs(), getattr(model, 'neck', None)
+    want = getattr(neck, 'num_outs', None), getattr(neck, 'out_channels', None)
+    if None not in want and (len(outputs), outputs[0].shape[1]) != want:
+        raise CheckpointError(f'{path} gives {len(outputs)} maps of {outputs[0].shape[1]} '
+                              f'channels but the config\'s neck {want[0]} of {want[1]}; export '
+                              'with this config')
     model.extract_feat = lambda inputs: tuple(network(inputs))
     model.backbone, model.neck = _InOnnxFile('backbone'), _InOnnxFile('neck')
     return network
