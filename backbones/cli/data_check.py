@@ -38,6 +38,12 @@ def dataset_dicts(node) -> Iterator[Mapping]:
             yield from dataset_dicts(item)
 
 
+def _is_wrapper(ds: Mapping) -> bool:
+    """A dataset dict whose datasets are checked one by one (RepeatDataset, ConcatDataset...),
+    or one without a class to build."""
+    return 'dataset' in ds or 'datasets' in ds or 'type' not in ds
+
+
 def _prefix_folders(ds: Mapping) -> Iterator[str]:
     """The image/label folders of a dataset dict: ``data_root`` joined with each ``data_prefix``."""
     for sub in (ds.get('data_prefix') or {}).values():
@@ -111,21 +117,22 @@ def check_num_classes(cfg: Config, loaders: Iterable[str]) -> None:
     heads = list(_class_counts(model)) if isinstance(model, Mapping) else []
     for loader in loaders if heads else ():
         for ds in dataset_dicts((cfg.get(loader) or {}).get('dataset')):
-            if 'dataset' in ds or 'datasets' in ds or 'type' not in ds:
+            if _is_wrapper(ds):
                 continue
             meta = built_lazily(cfg, ds).metainfo
-            wrong = []
+            wrong = []  # (key, its count, the dataset's)
             for key, count in heads:
                 classes = meta.get('thing_classes') if 'roi_head' in key else None
                 n = len(classes or meta.get('classes') or ())
                 if n and count != n and not (count == 1 and n == 2 and 'roi_head' not in key):
-                    wrong.append(f'{key}={n}')
+                    wrong.append((key, count, n))
             if wrong:
-                key, count = next((k, c) for k, c in heads if k == wrong[0].split('=')[0])
+                key, count, n = wrong[0]
+                fixes = ' '.join(f'{k}={m}' for k, _, m in wrong)
                 raise ConfigError(
-                    f'{key} is {count} but {loader}.dataset ({ds["type"]}) has '
-                    f'{wrong[0].split("=")[1]} classes: set --cfg-options {" ".join(wrong)}, or '
-                    f'give the dataset metainfo=dict(classes=[...]) with {count} names')
+                    f'{key} is {count} but {loader}.dataset ({ds["type"]}) has {n} classes: set '
+                    f'--cfg-options {fixes}, or give the dataset metainfo=dict(classes=[...]) '
+                    f'with {count} names')
 
 
 def _is_a(dataset, name: str) -> bool:
@@ -158,8 +165,8 @@ def _missing(paths: list[str]) -> list[str]:
 def _check_listed_files(cfg: Config, ds: Mapping, loader: str) -> None:
     """Every image of a segmentation dataset has its label map; a COCO annotation file's images
     exist and it has a usable annotation of the dataset's classes."""
-    if 'dataset' in ds or 'datasets' in ds or 'type' not in ds:
-        return  # a wrapper: its datasets are checked one by one
+    if _is_wrapper(ds):
+        return
     dataset = built_lazily(cfg, ds)
     if _is_a(dataset, 'BaseSegDataset') and loads_annotations(ds):
         items = dataset.load_data_list()  # a listing of the image folder (or the split file)
