@@ -106,9 +106,13 @@ def in_onnx_runtime(model: nn.Module, family: str, path: str, shape: tuple[int, 
     """A copy of ``model`` whose backbone (+ neck, + decode head) runs the export ``path`` in
     ONNX Runtime (a segmentor as tools/test.py runs it, a detector with its heads in PyTorch);
     exported once and checked against PyTorch."""
-    from ..deploy import onnx_runtime
     from ..deploy.onnx_export import export_checked, file_metadata
     from ..deploy.onnx_quantize import quantize_int8, random_calibration_inputs
+    from ..deploy.onnx_runtime import (
+        OnnxModule,
+        run_features_in_onnx_runtime,
+        run_segmentor_in_onnx_runtime,
+    )
     kind = EXPORT_KIND[family]
     if not osp.isfile(path):
         meta = dict(kind=kind) if kind == 'backbone' else file_metadata(model, kind, path)
@@ -119,7 +123,8 @@ def in_onnx_runtime(model: nn.Module, family: str, path: str, shape: tuple[int, 
         quantize_int8(fp32, path, random_calibration_inputs(
             getattr(model, 'data_preprocessor', None), shape, CALIB))
     if kind == 'backbone':
-        return onnx_runtime.OnnxModule(path, threads)
+        return OnnxModule(path, threads)
     model = copy.deepcopy(model)
-    getattr(onnx_runtime, f'run_{kind}_in_onnx_runtime')(model, path, threads)
+    run = run_segmentor_in_onnx_runtime if kind == 'segmentor' else run_features_in_onnx_runtime
+    run(model, path, threads)
     return model
