@@ -10,13 +10,13 @@ COMPAT_TESTS := tests/test_install.py tests/test_backbone.py tests/test_checkpoi
 	wheelhouse wheelhouse-check gpu-check gpu-check-dry
 
 setup:
-	bash tools/setup_env.sh
+	bash scripts/setup_env.sh
 
 setup-compat:
-	VENV=.venv-compat LOCK=requirements/compat.txt EXTRAS=mmdet,mmseg,dev bash tools/setup_env.sh
+	VENV=.venv-compat LOCK=requirements/compat.txt EXTRAS=mmdet,mmseg,dev bash scripts/setup_env.sh
 
 lint: setup
-	$(PY) -m ruff check backbones configs tools tests
+	$(PY) -m ruff check backbones configs tools scripts tests
 
 test: setup lint
 	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile
@@ -37,18 +37,18 @@ demo-data: setup
 	$(PY) tools/make_demo_data.py
 
 # Air-gapped machines (README: "Wheelhouse and GPU check"). PYTHON, TORCH, TARGET, OUT, WITH_TORCH
-# and MMCV given to make reach tools/wheelhouse.sh.
+# and MMCV given to make reach scripts/wheelhouse.sh.
 wheelhouse:
-	bash tools/wheelhouse.sh
+	bash scripts/wheelhouse.sh
 
 wheelhouse-check: wheelhouse
-	bash tools/wheelhouse_check.sh
+	bash scripts/wheelhouse_check.sh
 
 gpu-check:
-	bash tools/gpu_check.sh
+	bash scripts/gpu_check.sh
 
 gpu-check-dry: setup
-	PYTHON=$(PY) bash tools/gpu_check.sh --device cpu --no-install --out work_dirs/gpu_check_cpu
+	PYTHON=$(PY) bash scripts/gpu_check.sh --device cpu --no-install --out work_dirs/gpu_check_cpu
 
 clean:
 	rm -rf work_dirs/* .pytest_cache .ruff_cache

@@ -296,12 +296,6 @@ class InceptionNeXt(BaseModule):
                     m.eval()
         return self
 
-    def fuse(self, onednn: bool | None = None) -> InceptionNeXt:
-        """Fold BatchNorms and layer scales into convolutions for inference, in place, with the
-        same outputs (``backbones.deploy.fuse``; ``onednn``: see ``fuse_inception_next``)."""
-        from .deploy.fuse import fuse_inception_next
-        return fuse_inception_next(self, onednn)
-
     def get_layer_depth(self, param_name: str, prefix: str = '') -> tuple[int, int]:
         """Layer id for layer-wise lr decay (ConvNeXt's scheme) and the number of layers.
 

@@ -53,7 +53,8 @@ class UnsafeCheckpointError(CheckpointError):
             f'refused to load {path}: it needs {name}, which is not a tensor, a plain type or '
             f'one of the types mmengine/mmdet/mmseg checkpoints hold, so unpickling it could run '
             f'code from the file; only if you trust the file: convert it once with python '
-            f'tools/convert_checkpoint.py --trust-checkpoint {path} clean.pth, or give '
+            f'tools/model_converters/convert_checkpoint.py --trust-checkpoint {path} clean.pth, '
+            'or give '
             f'--trust-checkpoint to tools/train.py (--resume, load_from), test.py or infer.py')
 
 

@@ -115,11 +115,22 @@ def forget_mmengine_instances() -> None:
             cls._instance_dict.clear()
 
 
+def run_script(path: Path, run_name: str) -> dict:
+    """``runpy.run_path`` with the script's folder first on ``sys.path``, as ``python PATH``
+    runs it (the analysis tools import their sibling modules)."""
+    sys.path.insert(0, str(path.parent))
+    try:
+        return runpy.run_path(str(path), run_name=run_name)
+    finally:
+        sys.path.remove(str(path.parent))
+
+
 def run_here(tool: str, *args) -> tuple[int, str, str]:
-    """Run ``tools/<tool>`` as ``__main__`` in this process, at the repository root (imports are
-    shared, so it is quick); returns the exit status, stdout and stderr. mmengine's named
-    instances of earlier runs are forgotten first, as a new process would not have them; the
-    random generators and mmengine's default scope, which a run sets, are restored after it."""
+    """Run ``tools/<tool>`` (e.g. ``'train.py'``, ``'deployment/export.py'``) as ``__main__`` in
+    this process (``run_script``), at the repository root (imports are shared, so it is quick);
+    returns the exit status, stdout and stderr. mmengine's named instances of earlier runs are
+    forgotten first, as a new process would not have them; the random generators and mmengine's
+    default scope, which a run sets, are restored after it."""
     from mmengine.registry import DefaultScope
     forget_mmengine_instances()
     out, err = io.StringIO(), io.StringIO()
@@ -135,7 +146,7 @@ def run_here(tool: str, *args) -> tuple[int, str, str]:
                            ResourceWarning):  # hidden by Python's default filters
                 warnings.filterwarnings('ignore', category=hidden)
             warnings.showwarning = _print_warning
-            runpy.run_path(str(ROOT / 'tools' / tool), run_name='__main__')
+            run_script(ROOT / 'tools' / tool, run_name='__main__')
         code = 0
     except SystemExit as e:
         code = e.code
@@ -154,7 +165,7 @@ def run_tool_here(tool: str, *args) -> subprocess.CompletedProcess:
     """``run_tool('tools/x.py', ...)`` run by ``run_here``: the same result without a new
     process's imports (seconds a call). Not for what needs a process of its own: signals,
     thread settings, warnings as a new process shows them, distributed runs."""
-    code, out, err = run_here(Path(tool).name, *args)
+    code, out, err = run_here(str(Path(tool).relative_to('tools')), *args)
     return subprocess.CompletedProcess([tool, *map(str, args)], code, out, err)
 
 

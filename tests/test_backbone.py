@@ -7,6 +7,7 @@ from helpers import create_timm_inception_next, timm_stage_outputs
 from helpers import randomize_bn_and_layer_scale_ as randomize_
 
 from backbones import ARCH_SETTINGS, ConfigError, InceptionNeXt
+from backbones.deploy.fuse import fuse_inception_next
 from backbones.runtime.hooks import ChannelsLastHook
 from backbones.runtime.layout import channels_last_inside
 
@@ -173,7 +174,7 @@ def test_outputs_keep_the_input_memory_format(out_norm_cfg, mode, channels_last)
         channels_last_inside(model)
     model.train(mode == 'train')
     if mode == 'deploy':
-        model.fuse()
+        fuse_inception_next(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         outs = model(x)

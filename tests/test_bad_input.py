@@ -39,8 +39,8 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from PIL import Image
 
-from backbones.cli.config import build_model, load_config
-from backbones.runtime.hooks import latest_complete_checkpoint
+from backbones.config import build_model, load_config
+from backbones.runtime.hooks.atomic_checkpoints import latest_complete_checkpoint
 
 # --- the table --------------------------------------------------------------------------------
 # Each case: (id, tool, make, fragments). ``make(ctx)`` writes what the case needs under ctx.tmp
@@ -536,7 +536,7 @@ def test_odd_but_valid_label_maps_train(tmp_path, tiny_data, capsys):
 def test_checks_before_the_run_decode_nothing(tmp_path, tiny_data):
     """The checks before the run list folders and read the COCO file; they open no image (every
     image and label map here is garbage, which only the pipeline's reads find)."""
-    from backbones.cli.data_check import check_data_roots
+    from backbones.checks.data import check_data_roots
     roots = {}
     for kind in ('seg', 'det'):
         roots[kind] = tmp_path / kind
@@ -553,7 +553,7 @@ def test_checks_before_the_run_decode_nothing(tmp_path, tiny_data):
 
 
 def test_tools_insert_the_checks_after_the_loading_steps():
-    from backbones.runtime.data_checks import add_data_checks
+    from backbones.checks.transforms import add_data_checks
     seg = load_config(str(ROOT / 'configs' / 'upernet_inceptionnext_t_ade20k.py'))
     det = load_config(str(ROOT / FAMILIES['mask_rcnn'][0]))
     for _ in range(2):  # a second call changes nothing
@@ -572,8 +572,8 @@ def test_tools_insert_the_checks_after_the_loading_steps():
 def test_all_ignored_label_maps_after_a_labelled_one_are_allowed():
     """``CheckSegLabels`` refuses a run whose first label maps are all ignored, not a dataset
     where some maps among labelled ones are."""
+    from backbones.checks.transforms import CheckSegLabels
     from backbones.errors import DataError
-    from backbones.runtime.data_checks import CheckSegLabels
 
     def sample(value: int, i: int) -> dict:
         return dict(gt_seg_map=np.full((8, 8), value, np.uint8), seg_map_path=f'{i}.png',
@@ -630,7 +630,7 @@ def test_a_save_that_fails_midway_keeps_the_last_checkpoint(tmp_path, writer):
     says so in one line, leaves no partial file, the last checkpoint intact, and the runner as
     it was after the run."""
     from backbones.errors import DiskFullError
-    from backbones.runtime.hooks import atomic_checkpoints
+    from backbones.runtime.hooks.atomic_checkpoints import atomic_checkpoints
 
     class Runner:
         hooks: list = []

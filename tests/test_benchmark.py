@@ -1,15 +1,14 @@
-"""tools/benchmark.py end to end on tiny settings (atto, 64x64): every requested row, the
-fwd/bwd/opt split, GFLOP/s and the GEMM ceiling, the ONNX Runtime variants, the JSON/CSV/markdown
-outputs. Nothing here asserts a timing."""
+"""tools/analysis_tools/benchmark.py end to end on tiny settings (atto, 64x64): every requested
+row, the fwd/bwd/opt split, GFLOP/s and the GEMM ceiling, the ONNX Runtime variants, the
+JSON/CSV/markdown outputs. Nothing here asserts a timing."""
 from __future__ import annotations
 
 import csv
 import json
-import runpy
 
 import pytest
 import torch
-from helpers import ROOT, assert_one_line_error, run_tool
+from helpers import ROOT, assert_one_line_error, run_script, run_tool
 
 from backbones import ConfigError
 
@@ -19,13 +18,14 @@ VARIANTS = ['ours', 'ours-cl-inside', 'ours-cl', 'ours-deploy', 'ours-deploy-cl'
 
 @pytest.fixture(scope='module')
 def bench() -> dict:
-    """The namespace of tools/benchmark.py."""
-    return runpy.run_path(str(ROOT / 'tools' / 'benchmark.py'), run_name='benchmark')
+    """The namespace of tools/analysis_tools/benchmark.py."""
+    return run_script(ROOT / 'tools' / 'analysis_tools' / 'benchmark.py', run_name='benchmark')
 
 
 def run_benchmark(out, *args: str) -> dict:
-    proc = run_tool('tools/benchmark.py', *args, '--sizes', 'a', '--shape', '64', '--repeats',
-                    '2', '--warmup', '0', '--threads', '1', '--gemm', '128', '--out', str(out),
+    proc = run_tool('tools/analysis_tools/benchmark.py', *args, '--sizes', 'a', '--shape', '64',
+                    '--repeats', '2', '--warmup', '0', '--threads', '1', '--gemm', '128', '--out',
+                    str(out),
                     env={'PYTHONWARNINGS': 'ignore'}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / 'results.json').read_text())
@@ -76,7 +76,8 @@ def test_backbone_every_variant(tmp_path):
     machine = report['machine']
     assert machine['torch_threads'] == 1 and machine['versions']['torch'] == torch.__version__
     assert isinstance(machine['isa'], list) and machine['gpu'] is None
-    assert report['command'].startswith('python tools/benchmark.py --models backbone')
+    assert report['command'].startswith(
+        'python tools/analysis_tools/benchmark.py --models backbone')
 
 
 def test_upernet_train_and_infer(tmp_path):
@@ -112,7 +113,7 @@ def test_convnext_upernet_in_onnx_runtime(tmp_path):
 
 
 def test_bad_flags_end_with_one_error_line():
-    proc = run_tool('tools/benchmark.py', '--variants', 'ours,timm-deploy')
+    proc = run_tool('tools/analysis_tools/benchmark.py', '--variants', 'ours,timm-deploy')
     assert_one_line_error(proc.returncode, proc.stderr, '--variants', 'ours-deploy')
 
 

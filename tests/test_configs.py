@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backbones.cli.config import build_model, load_config
+from backbones.config import build_model, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*.py'))

@@ -1,7 +1,7 @@
 """What must hold on a GPU: parity with timm, with_cp, fuse, channels_last, AMP fp16 training of
 UperNet and Mask R-CNN, two-process nccl training. Every test skips without CUDA.
 
-    pytest tests/test_cuda.py                  # on CUDA (tools/gpu_check.sh runs this)
+    pytest tests/test_cuda.py                  # on CUDA (scripts/gpu_check.sh runs this)
     pytest tests/test_cuda.py --device cpu     # the same tests on the CPU, to check the tests
 
 TF32 is switched off so that float32 results can be compared with tight tolerances.
@@ -25,6 +25,7 @@ from helpers import (
 )
 
 from backbones import InceptionNeXt
+from backbones.deploy.fuse import fuse_inception_next
 from backbones.runtime.layout import channels_last_inside
 
 
@@ -90,7 +91,7 @@ def test_fuse_matches_unfused(device, channels_last):
     x = torch.randn(2, 3, 64, 96, device=device)
     with torch.no_grad():
         ref = model(x)
-        fused = model.fuse()
+        fused = fuse_inception_next(model)
         if channels_last:  # model and input
             fused = fused.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)

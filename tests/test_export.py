@@ -1,4 +1,5 @@
-"""ONNX export (tools/export.py) and evaluation through ONNX Runtime (--backend onnxruntime)."""
+"""ONNX export (tools/deployment/export.py) and evaluation through ONNX Runtime
+(--backend onnxruntime)."""
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def _build(cfg_path: str, options: list[str]) -> nn.Module:
     """The model of a config with ``--cfg-options`` strings applied, as the tools build it."""
     from mmengine.config import DictAction
 
-    from backbones.cli.config import build_model, load_config
+    from backbones.config import build_model, load_config
     parsed = {k: DictAction._parse_iterable(v) for k, v in (o.split('=', 1) for o in options)}
     return build_model(load_config(cfg_path, parsed))
 
@@ -105,8 +106,8 @@ def exported(tmp_path_factory, tiny_data):
             out = folder / f'{part}.onnx'
             quantize = (['--quantize', 'int8', '--calib-data',
                          f'{tiny_data["seg"]}/images/training', '--calib-num', '3'] if int8 else [])
-            code, stdout, stderr = run_here('export.py', cfg, ckpt, out, '--part', part, *CHECKS,
-                                        *quantize, *options)
+            code, stdout, stderr = run_here('deployment/export.py', cfg, ckpt, out, '--part', part,
+                                            *CHECKS, *quantize, *options)
             printed = stdout + stderr
             made[family, part, int8] = SimpleNamespace(
                 cfg=cfg, options=options, ckpt=ckpt, out=out, code=code, printed=printed,

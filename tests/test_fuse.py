@@ -1,4 +1,4 @@
-"""``InceptionNeXt.fuse()`` (``backbones.deploy.fuse``): same outputs, fused kernels only where
+"""``fuse_inception_next`` (``backbones.deploy.fuse``): same outputs, fused kernels only where
 they measure faster, plain differentiable modules under autograd."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from helpers import randomize_bn_and_layer_scale_ as randomize_
 
 from backbones import ARCH_SETTINGS, InceptionNeXt
 from backbones.deploy import fuse as fuse_module
-from backbones.deploy.fuse import FusedMetaNeXtBlock
+from backbones.deploy.fuse import FusedMetaNeXtBlock, fuse_inception_next
 
 CL = torch.channels_last
 
@@ -26,7 +26,7 @@ def test_fused_equals_unfused_in_every_memory_format(arch, monkeypatch):
     x = torch.randn(2, 3, 64, 96) if arch == 'atto' else torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-    fused = copy.deepcopy(model).fuse(onednn=True)
+    fused = fuse_inception_next(copy.deepcopy(model), onednn=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert all(isinstance(b, FusedMetaNeXtBlock) for s in fused.stages for b in s.blocks)
     assert set(fused.state_dict()) < set(model.state_dict())  # the same names, fewer of them
@@ -53,14 +53,15 @@ def test_fuse_uses_onednn_kernels_where_they_measure_faster(faster, monkeypatch)
     assert isinstance(fuse_module.onednn_mlp_wins(), bool)  # the real one-time timing runs
     monkeypatch.setattr(fuse_module, 'onednn_mlp_wins', lambda: faster)
     available = fuse_module._CONV_POINTWISE is not None
-    blocks = [b for s in InceptionNeXt('atto').eval().fuse().stages for b in s.blocks]
+    blocks = [b for s in fuse_inception_next(InceptionNeXt('atto').eval()).stages for b in s.blocks]
     assert all(b.onednn == (faster and available) for b in blocks)
-    forced = InceptionNeXt('atto').eval().fuse(onednn=not faster)
+    forced = fuse_inception_next(InceptionNeXt('atto').eval(), onednn=not faster)
     assert all(b.onednn == (not faster and available) for s in forced.stages for b in s.blocks)
-    refused = forced.fuse(onednn=faster)  # fusing again only changes the kernel choice
+    # fusing again only changes the kernel choice
+    refused = fuse_inception_next(forced, onednn=faster)
     assert all(b.onednn == (faster and available) for s in refused.stages for b in s.blocks)
 
 
 def test_fuse_refuses_training_mode():
     with pytest.raises(RuntimeError, match='eval'):
-        InceptionNeXt('atto').train().fuse()
+        fuse_inception_next(InceptionNeXt('atto').train())

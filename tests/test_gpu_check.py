@@ -1,15 +1,15 @@
-"""tools/gpu_check.sh as a CPU dry run: the same steps at tiny sizes, one summary table and JSON."""
+"""scripts/gpu_check.sh as a CPU dry run: the same steps at tiny sizes, one summary table and
+JSON."""
 from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, run_script
 
 pytestmark = pytest.mark.slow
 ONE_TEST = 'tests/test_cuda.py::test_channels_last_input_gives_channels_last_maps'
@@ -19,9 +19,9 @@ RUNS = ['backbone-224-fp32-cl', 'upernet-512-fp32', 'maskrcnn-512-amp']  # cl, m
 
 
 def test_every_planned_run_has_valid_benchmark_flags():
-    """What the dry run below leaves out is at least accepted by tools/benchmark.py."""
-    plan = runpy.run_path(str(ROOT / 'tools' / 'gpu_check.py'))['plan']
-    bench = runpy.run_path(str(ROOT / 'tools' / 'benchmark.py'), run_name='benchmark')
+    """What the dry run below leaves out is at least accepted by the benchmark tool."""
+    plan = run_script(ROOT / 'scripts' / 'gpu_check.py', run_name='gpu_check')['plan']
+    bench = run_script(ROOT / 'tools' / 'analysis_tools' / 'benchmark.py', run_name='benchmark')
     threads = torch.get_num_threads()  # check_args sets --threads
     try:
         for device in ('cuda', 'cpu'):
@@ -35,12 +35,12 @@ def test_every_planned_run_has_valid_benchmark_flags():
 def test_cpu_dry_run_writes_the_summary(tmp_path):
     out = tmp_path / 'check'
     result = subprocess.run(
-        ['bash', 'tools/gpu_check.sh', '--device', 'cpu', '--no-install', '--tests', ONE_TEST,
+        ['bash', 'scripts/gpu_check.sh', '--device', 'cpu', '--no-install', '--tests', ONE_TEST,
          '--out', str(out), '--budget', '900', '--runs', ','.join(RUNS)], cwd=ROOT,
         capture_output=True, text=True, timeout=1200,
         env={**os.environ, 'PYTHON': sys.executable, 'OMP_NUM_THREADS': '2'})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    plan = runpy.run_path(str(ROOT / 'tools' / 'gpu_check.py'))['plan']('cpu')
+    plan = run_script(ROOT / 'scripts' / 'gpu_check.py', run_name='gpu_check')['plan']('cpu')
     data = json.loads((out / 'summary.json').read_text())
     assert data['device'] == 'cpu' and data['machine']['gpu'] is None
     assert [r['name'] for r in data['runs']] == [name for name, _ in plan]

@@ -150,7 +150,7 @@ def test_booby_trapped_url_is_refused(http_dir, trap, capsys, tmp_path, seg_cfg)
 def test_trust_checkpoint_is_an_explicit_opt_in(trap, tmp_path, capsys):
     """--trust-checkpoint reads the named file with pickle (its code runs: the user said so)."""
     ckpt, marker = trap
-    code, _, err = run_here('convert_checkpoint.py', ckpt, tmp_path / 'out.pth',
+    code, _, err = run_here('model_converters/convert_checkpoint.py', ckpt, tmp_path / 'out.pth',
                             '--trust-checkpoint')
     assert marker.exists()
     assert code == 2 and 'no state dict of tensors' in err  # the trap holds no weights

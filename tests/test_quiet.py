@@ -13,9 +13,9 @@ from helpers import ATTO, FAMILIES, last_metrics, run_tool, run_tool_here, write
 from mmengine.config import DictAction
 from PIL import Image
 
-from backbones.cli.config import load_config
-from backbones.cli.quiet import stack_warnings_hidden, warning_hidden_from
+from backbones.config import load_config
 from backbones.demo.curves import DPI, FIGSIZE, draw_curves
+from backbones.runtime.quiet import stack_warnings_hidden, warning_hidden_from
 
 WARNING_LINE = re.compile(r'\w*Warning\b')
 
@@ -93,7 +93,7 @@ def test_validating_often_leaves_training_unchanged(tmp_path, tiny_data):
     ValRandomStateHook, validating after every iteration changes the later losses."""
     seed = 'randomness = dict(seed=0)\n'
     hook = seed + ("custom_imports = dict(imports=['backbones', "
-                   "'backbones.runtime.random_state'])\n"
+                   "'backbones.runtime.hooks'])\n"
                    "custom_hooks = [dict(type='ValRandomStateHook')]\n")
     runs = {}
     for name, tail, interval in (('end', seed, 4), ('often', hook, 1), ('unkept', seed, 1)):

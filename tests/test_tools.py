@@ -44,7 +44,7 @@ def no_temp_files(folder: Path) -> bool:
 
 @pytest.mark.slow
 def test_get_flops_upernet_t_full_size():
-    proc = run_tool_here('tools/get_flops.py', UPERNET_T, '--shape', '64', '64')
+    proc = run_tool_here('tools/analysis_tools/get_flops.py', UPERNET_T, '--shape', '64', '64')
     assert proc.returncode == 0, proc.stderr
     rows = table(proc.stdout)
     assert 'input:  1x3x64x64' in proc.stdout
@@ -58,7 +58,7 @@ def test_get_flops_upernet_t_full_size():
 
 @pytest.mark.slow
 def test_get_flops_mask_rcnn_atto_pads_to_divisor():
-    proc = run_tool_here('tools/get_flops.py', MASK_RCNN_T, '--shape', '60', '90',
+    proc = run_tool_here('tools/analysis_tools/get_flops.py', MASK_RCNN_T, '--shape', '60', '90',
                          *cfg_options({'model.backbone.arch': 'atto',
                                        'model.neck.in_channels': [40, 80, 160, 320],
                                        'model.test_cfg.rpn.max_per_img': 50}))
@@ -81,7 +81,7 @@ def test_convert_timm_checkpoint(tmp_path, timm_atto, suffix):
     else:
         torch.save(timm_atto.state_dict(), src)
     dst = tmp_path / 'out' / 'atto_backbone.pth'
-    proc = run_tool_here('tools/convert_checkpoint.py', src, dst)
+    proc = run_tool_here('tools/model_converters/convert_checkpoint.py', src, dst)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(dst)
     assert 'InceptionNeXt-atto' in proc.stdout
@@ -99,7 +99,7 @@ def test_convert_bad_input_is_one_line_error(tmp_path, case):
     if case == 'not-a-checkpoint':
         src.write_text('not a checkpoint\n')
     dst = tmp_path / 'out.pth'
-    proc = run_tool_here('tools/convert_checkpoint.py', src, dst)
+    proc = run_tool_here('tools/model_converters/convert_checkpoint.py', src, dst)
     assert_one_line_error(proc.returncode, proc.stderr, str(src))
     assert not dst.exists() and no_temp_files(tmp_path)
 
@@ -115,7 +115,7 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
                 'state_dict': state, 'optimizer': {'state': {0: torch.zeros(3)}},
                 'message_hub': {'log_scalars': {}}, 'param_schedulers': []}, src)
     dst = tmp_path / 'release' / 'upernet_atto.pth'
-    proc = run_tool_here('tools/convert_checkpoint.py', src, dst)
+    proc = run_tool_here('tools/model_converters/convert_checkpoint.py', src, dst)
     assert proc.returncode == 0, proc.stderr
     final = Path(proc.stdout.strip().splitlines()[-1])
     m = re.fullmatch(r'upernet_atto-([0-9a-f]{8})\.pth', final.name)
@@ -127,7 +127,7 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
     assert out['state_dict'].keys() == state.keys()
     assert all(torch.equal(out['state_dict'][k], v) for k, v in state.items())
     assert no_temp_files(dst.parent)
-    again = run_tool_here('tools/convert_checkpoint.py', src,
+    again = run_tool_here('tools/model_converters/convert_checkpoint.py', src,
                           tmp_path / 'again' / 'upernet_atto.pth')
     assert Path(again.stdout.strip().splitlines()[-1]).name == final.name  # reproducible name
 
@@ -136,7 +136,7 @@ def test_convert_release_drops_optimizer_and_names_by_hash(tmp_path, timm_atto):
 
 def random_checkpoint(folder: Path, config: str, options: dict) -> Path:
     """The config's model with random weights, saved as mmengine saves checkpoints."""
-    from backbones.cli.config import build_model, load_config
+    from backbones.config import build_model, load_config
     torch.manual_seed(0)
     model = build_model(load_config(str(ROOT / config), options))
     path = folder / 'model.pth'
@@ -204,7 +204,7 @@ def test_infer_missing_input_is_one_line_error(tmp_path, seg_checkpoint, missing
 # --- print_config.py and the shell launchers --------------------------------------------------
 
 def test_print_config():
-    proc = run_tool_here('tools/print_config.py', UPERNET_T, '--cfg-options',
+    proc = run_tool_here('tools/analysis_tools/print_config.py', UPERNET_T, '--cfg-options',
                          'model.backbone.arch=small')
     assert proc.returncode == 0, proc.stderr
     assert "type='InceptionNeXt'" in proc.stdout and "arch='small'" in proc.stdout
@@ -212,7 +212,7 @@ def test_print_config():
 
 
 def test_print_config_bad_key():
-    code, _, err = run_here('print_config.py', UPERNET_T, '--cfg-options',
+    code, _, err = run_here('analysis_tools/print_config.py', UPERNET_T, '--cfg-options',
                             'model.backbon.arch=atto')
     assert_one_line_error(code, err, 'model.backbon')
 
@@ -284,15 +284,16 @@ def test_launch_scripts(fake_bin):
 
 def test_setup_stops_before_filling_the_disk(tmp_path):
     """A new .venv on a disk with 1 GB free: one line, exit 1, nothing created."""
-    (tmp_path / 'tools').mkdir()
-    (tmp_path / 'tools' / 'setup_env.sh').write_text((ROOT / 'tools' / 'setup_env.sh').read_text())
+    (tmp_path / 'scripts').mkdir()
+    (tmp_path / 'scripts' / 'setup_env.sh').write_text(
+        (ROOT / 'scripts' / 'setup_env.sh').read_text())
     (tmp_path / 'setup.cfg').write_text('')
     fake = tmp_path / 'bin'
     fake.mkdir()
     (fake / 'df').write_text('#!/usr/bin/env bash\necho "Filesystem 1024-blocks Used Available '
                              'Capacity Mounted on"\necho "/dev/x 9999999 8951424 1048576 90% /"\n')
     (fake / 'df').chmod(0o755)
-    proc = subprocess.run(['bash', str(tmp_path / 'tools' / 'setup_env.sh')], capture_output=True,
+    proc = subprocess.run(['bash', str(tmp_path / 'scripts' / 'setup_env.sh')], capture_output=True,
                           text=True, timeout=30,
                           env={**os.environ, 'PATH': f'{fake}:{os.environ["PATH"]}'})
     assert proc.returncode == 1

@@ -1,4 +1,4 @@
-"""tools/wheelhouse.py: what a wheelhouse holds for a target, from a made-up pip report.
+"""scripts/wheelhouse.py: what a wheelhouse holds for a target, from a made-up pip report.
 
 The round trip itself (download, install with no index, tests) needs an index and about 6 GB:
 it is `make wheelhouse-check`, not a test.
@@ -48,7 +48,7 @@ ROOTS = ['setuptools<82', 'mmengine>=0.3.0', 'regex; sys_platform == "win32"']
 
 @pytest.fixture(scope='module')
 def wh() -> dict:
-    return runpy.run_path(str(ROOT / 'tools' / 'wheelhouse.py'), run_name='wheelhouse')
+    return runpy.run_path(str(ROOT / 'scripts' / 'wheelhouse.py'), run_name='wheelhouse')
 
 
 def test_torch_and_what_only_torch_needs_are_left_out(wh):

@@ -25,9 +25,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from backbones.cli.quiet import stack_warnings_hidden
 from backbones.demo.curves import draw_curves, latest_scalars
 from backbones.demo.data import DEMO_ROOT, ensure_demo_data
+from backbones.runtime.quiet import stack_warnings_hidden
 
 TOOLS = osp.dirname(osp.abspath(__file__))
 DEMOS = {

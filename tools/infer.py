@@ -19,14 +19,15 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli.config import load_config, task_of
-from backbones.cli.data_check import IMAGE_SUFFIXES, image_files
+from backbones.checks.data import IMAGE_SUFFIXES, image_files
+from backbones.checks.outputs import check_output_folder
 from backbones.cli.main import add_cfg_options, one_line_errors
-from backbones.cli.outputs import check_output_folder
-from backbones.cli.quiet import warning_hidden_from
+from backbones.config import load_config, task_of
+from backbones.deploy.fuse import fuse_inception_next
 from backbones.errors import CheckpointError, ConfigError, DataError
 from backbones.inception_next import InceptionNeXt
 from backbones.runtime.layout import channels_last_inside
+from backbones.runtime.quiet import warning_hidden_from
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,7 +42,7 @@ def parse_args() -> argparse.Namespace:
                         'of the InceptionNeXt backbone for faster inference (same outputs)')
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
                         help='onnxruntime: CHECKPOINT is a segmentor .onnx file written by '
-                        'tools/export.py, which computes the network (CPU)')
+                        'tools/deployment/export.py, which computes the network (CPU)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detectors: draw boxes and masks scoring at least this')
     parser.add_argument('--trust-checkpoint', action='store_true',
@@ -151,10 +152,11 @@ def main() -> None:
     if meta:
         model.dataset_meta = meta
     if args.deploy:
-        if not hasattr(getattr(model, 'backbone', None), 'fuse'):
-            raise ConfigError('--deploy: the backbone of this model has no fuse()')
+        if not isinstance(getattr(model, 'backbone', None), InceptionNeXt):
+            raise ConfigError('--deploy: the backbone of this model is not an InceptionNeXt '
+                              'to fuse')
         model.eval()
-        model.backbone.fuse()
+        fuse_inception_next(model.backbone)
     model.to(device).eval()
     if device == 'cpu' and isinstance(getattr(model, 'backbone', None), InceptionNeXt):
         channels_last_inside(model.backbone)  # as the tools' runs on CPUs (runtime.layout)

@@ -12,8 +12,8 @@ import json
 import os.path as osp
 import time
 
+from backbones.checks.outputs import check_output_folder
 from backbones.cli.main import one_line_errors
-from backbones.cli.outputs import check_output_folder
 from backbones.demo.data import (
     DEMO_ROOT,
     MARKER_FILE,

@@ -1,27 +1,22 @@
 """Evaluate a trained detector or segmentor (the upstream tools/test.py flags).
 
     python tools/test.py CONFIG CHECKPOINT [--tta] [--out PATH] [--show-dir DIR] [--deploy]
-    python tools/test.py SEG_CONFIG MODEL.onnx --backend onnxruntime   # a tools/export.py file
+    python tools/test.py SEG_CONFIG MODEL.onnx --backend onnxruntime  # from deployment/export.py
 """
 from __future__ import annotations
 
 import argparse
 import os.path as osp
-
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from contextlib import nullcontext
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli.config import default_work_dir, load_config, task_of
-from backbones.cli.constructors import check_constructors
-from backbones.cli.data_check import check_data_roots, check_num_classes, readable_data_errors
+from backbones.checks.data import readable_data_errors
+from backbones.checks.outputs import check_output_file, check_output_folder
 from backbones.cli.main import add_runner_args, one_line_errors
-from backbones.cli.outputs import check_output_file, check_output_folder
-from backbones.cli.quiet import hide_stack_log_warnings
+from backbones.config import default_work_dir, load_config, task_of
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime import amp
-from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
-from backbones.runtime.data_checks import add_data_checks
+from backbones.runtime.prepare import build_runner
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,7 +40,7 @@ def parse_args() -> argparse.Namespace:
                         'tensors and plain types)')
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
                         help='onnxruntime: CHECKPOINT is a segmentor .onnx file written by '
-                        'tools/export.py, which computes the network (default: pytorch)')
+                        'tools/deployment/export.py, which computes the network (default: pytorch)')
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -68,7 +63,6 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
-    check_constructors(cfg, train=False)
     if args.out and task == 'det':
         check_output_file(args.out, [args.checkpoint, args.config], '--out')
     elif args.out:
@@ -77,14 +71,12 @@ def main() -> None:
         check_output_folder(args.show_dir, '--show-dir')
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
-    cfg.launcher = args.launcher
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
     onnx = args.backend == 'onnxruntime'
     if onnx and (args.deploy or args.amp):
         raise ConfigError('--deploy and --amp are PyTorch options; an .onnx file is run as '
-                          'exported (see tools/export.py --quantize for int8)')
+                          'exported (see tools/deployment/export.py --quantize for int8)')
     cfg.load_from = None if onnx else args.checkpoint
-    adapt_to_device(cfg, args.launcher, amp=False)
     if args.amp:
         cfg.test_cfg = {**cfg.get('test_cfg', {}), 'fp16': True}
     if args.show or args.show_dir:
@@ -104,20 +96,15 @@ def main() -> None:
                                   dict(type='DumpDetResults', out_file_path=args.out)]
         else:
             cfg.test_evaluator.update(output_dir=args.out)
-    add_safety_hooks(cfg, [args.checkpoint] if args.trust_checkpoint else [])
-    check_data_roots(cfg, ('test_dataloader',))
-    check_num_classes(cfg, ('test_dataloader',))
-    add_data_checks(cfg, ('test_dataloader',))
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    hide_stack_log_warnings(runner.logger)
+    runner = build_runner(cfg, args.launcher, ('test_dataloader',), train=False,
+                          trusted_checkpoints=[args.checkpoint] if args.trust_checkpoint else [])
     if onnx:
         from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime
         run_segmentor_in_onnx_runtime(runner.model, args.checkpoint)
     else:  # one-line errors, not a silent misfit
         fit_model_checkpoint(runner.model, args.checkpoint, trusted=args.trust_checkpoint)
-    if args.amp:
-        amp.float32_predictions(runner.model)
-    with readable_data_errors(cfg), amp.float32_mmcv_ops(args.amp):
+    with readable_data_errors(cfg), amp.float32_mmcv_ops(args.amp), \
+            amp.float32_predictions(runner.model) if args.amp else nullcontext():
         runner.test()  # float32_mmcv_ops only changes CPU inputs that are not float32
 
 

@@ -8,20 +8,15 @@ import argparse
 import os.path as osp
 
 import torch
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.cli.config import default_work_dir, load_config
-from backbones.cli.constructors import check_constructors
-from backbones.cli.data_check import check_data_roots, check_num_classes, readable_data_errors
+from backbones.checks.data import readable_data_errors
 from backbones.cli.main import add_runner_args, one_line_errors
-from backbones.cli.quiet import hide_stack_log_warnings
+from backbones.config import default_work_dir, load_config
 from backbones.errors import CheckpointError, ConfigError
-from backbones.runtime.adapt import adapt_to_device, add_safety_hooks
 from backbones.runtime.amp import float32_mmcv_ops
-from backbones.runtime.data_checks import add_data_checks
-from backbones.runtime.hooks import latest_complete_checkpoint
+from backbones.runtime.hooks.atomic_checkpoints import latest_complete_checkpoint
+from backbones.runtime.prepare import build_runner
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,9 +43,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
-    adapt_to_device(cfg, args.launcher, args.amp)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ConfigError(f'{args.config} has no auto_scale_lr.base_batch_size; add one '
@@ -65,13 +58,8 @@ def main() -> None:
                                   'path, or --resume alone for the latest in the work dir)')
         cfg.resume, cfg.load_from = True, args.resume
     trusted = [cfg.load_from] if args.trust_checkpoint and cfg.get('load_from') else []
-    add_safety_hooks(cfg, trusted)
-    check_constructors(cfg, train=True)
-    check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
-    check_num_classes(cfg, ('train_dataloader', 'val_dataloader'))
-    add_data_checks(cfg, ('train_dataloader', 'val_dataloader'))
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    hide_stack_log_warnings(runner.logger)
+    runner = build_runner(cfg, args.launcher, ('train_dataloader', 'val_dataloader'), train=True,
+                          amp=args.amp, trusted_checkpoints=trusted)
     if cfg.get('resume') and cfg.get('load_from'):  # one-line errors for a bad --resume
         check_resumable(runner.model, cfg.load_from, trusted=bool(trusted))
     with readable_data_errors(cfg), float32_mmcv_ops(args.amp and not torch.cuda.is_available()):

@@ -8,11 +8,11 @@ import functools
 import os
 import sys
 from argparse import ArgumentParser
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ..errors import TrainingStopped, UserError, first_line
-from ..runtime.files import disk_full_message, is_disk_full
-from .quiet import stack_warnings_hidden
+from ..errors import ConfigError, TrainingStopped, UserError, first_line
+from ..files import disk_full_message, is_disk_full
+from ..runtime.quiet import stack_warnings_hidden
 
 
 def add_cfg_options(parser: ArgumentParser) -> None:
@@ -29,6 +29,17 @@ def add_runner_args(parser: ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_shape(shape: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    """``--shape H W`` (or one size for a square input) as (height, width); ``default`` if None."""
+    if shape is None:
+        return default
+    if len(shape) not in (1, 2) or min(shape) < 32:
+        raise ConfigError(f'--shape {" ".join(map(str, shape))}: give H W (or one size for a '
+                          'square input), each at least 32')
+    return (shape[0], shape[-1])
+
 
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:

@@ -1,4 +1,4 @@
-"""``InceptionNeXt.fuse()``: the inference form of a trained backbone, with the same outputs.
+"""``fuse_inception_next(backbone)``: the inference form of a trained backbone, same outputs.
 
 BatchNorms and layer scales are folded into the neighbouring convolutions (exact in eval mode),
 and each block becomes a ``FusedMetaNeXtBlock``. Where it measures faster on this CPU, that block
@@ -146,7 +146,7 @@ def fuse_inception_next(model: InceptionNeXt, onednn: bool | None = None) -> Inc
             fp32 CPU inference. None: if they measure faster on this CPU (``onednn_mlp_wins()``).
     """
     if model.training:
-        raise RuntimeError('InceptionNeXt.fuse() folds BatchNorm statistics: call model.eval() '
+        raise RuntimeError('fuse_inception_next() folds BatchNorm statistics: call model.eval() '
                            'first')
     onednn = onednn_mlp_wins() if onednn is None else onednn
     if isinstance(model.stem[-1], nn.BatchNorm2d):

@@ -2,8 +2,8 @@
 
 Every exported file takes one input, ``image``: float32 NCHW of any batch, height and width,
 already normalised as the config's data preprocessor does it (channel order and mean/std are
-written into the file's metadata). ``tools/export.py`` checks each file against PyTorch in ONNX
-Runtime before it is kept.
+written into the file's metadata). ``tools/deployment/export.py`` checks each file against
+PyTorch in ONNX Runtime before it is kept.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..inception_next import InceptionNeXt
+from .fuse import fuse_inception_next
 
 # What a file holds; stored as metadata so that the runtime side knows what it is given.
 KINDS = ('segmentor', 'features', 'backbone')
@@ -146,7 +147,8 @@ def export_part(model: nn.Module, kind: str) -> nn.Module:
     model.eval()
     backbone = model if kind == 'backbone' else model.backbone
     if isinstance(backbone, InceptionNeXt):
-        backbone.fuse(onednn=False)  # oneDNN's fused kernels are eager-only: export the modules
+        # oneDNN's fused kernels are eager-only: export the modules
+        fuse_inception_next(backbone, onednn=False)
     make_shapes_dynamic(model)
     part = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
             'backbone': BackboneFeatures}[kind](model)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from ..cli.data_check import IMAGE_SUFFIXES, image_files
+from ..checks.data import IMAGE_SUFFIXES, image_files
 from ..errors import DataError
 
 

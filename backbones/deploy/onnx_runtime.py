@@ -30,7 +30,7 @@ class _InOnnxFile(nn.Module):
 
 
 class OnnxNetwork:
-    """An ONNX Runtime session on a file written by ``tools/export.py``.
+    """An ONNX Runtime session on a file written by ``tools/deployment/export.py``.
 
     Args:
         path: The ``.onnx`` file.
@@ -49,7 +49,7 @@ class OnnxNetwork:
         except Exception as e:  # noqa: BLE001  (any loader failure is a bad input file)
             raise CheckpointError(
                 f'cannot load {path} in ONNX Runtime: {str(e).strip().splitlines()[0][:200]} '
-                '(expected an .onnx file written by tools/export.py)') from None
+                '(expected an .onnx file written by tools/deployment/export.py)') from None
         self.path = path
         self.metadata = read_metadata(self.session)
         self.kind = self.metadata.get('kind')
@@ -85,9 +85,11 @@ def _open_export(model: nn.Module, path: str, kind: str, threads: int | None) ->
     as ``model``'s data preprocessor does (else ``CheckpointError``)."""
     network = OnnxNetwork(path, threads)
     if network.kind != kind:
-        what = f"a '{network.kind}' export" if network.kind else 'not written by tools/export.py'
+        what = (f"a '{network.kind}' export" if network.kind
+                else 'not written by tools/deployment/export.py')
         raise CheckpointError(f'{path} is {what}; expected a {kind} export of this config '
-                              f'(tools/export.py CONFIG CHECKPOINT OUT.onnx --part {kind})')
+                              '(tools/deployment/export.py CONFIG CHECKPOINT OUT.onnx --part '
+                              f'{kind})')
     preprocessor = model.data_preprocessor
     ours = dict(mean=preprocessor.mean.flatten().tolist(), std=preprocessor.std.flatten().tolist())
     for key, value in ours.items():

@@ -11,7 +11,6 @@ bfloat16.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +19,8 @@ import torch.nn as nn
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner.amp import autocast
+
+from . import patches
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -57,19 +58,12 @@ def _roi_align_in_float32(forward):
 
 @contextmanager
 def float32_mmcv_ops(enabled: bool = True) -> Iterator[None]:
-    """While active (and ``enabled``), mmcv's nms and RoIAlign take non-float32 CPU inputs;
-    ``batched_nms`` looks ``nms`` up in its module, so it follows."""
+    """While active (and ``enabled``), mmcv's nms and RoIAlign take non-float32 CPU inputs."""
     if not enabled:
         yield
         return
-    from mmcv.ops import RoIAlign
-    nms_module = sys.modules['mmcv.ops.nms']  # `mmcv.ops.nms` the attribute is the function
-    nms, forward = nms_module.nms, RoIAlign.forward
-    nms_module.nms, RoIAlign.forward = _nms_in_float32(nms), _roi_align_in_float32(forward)
-    try:
+    with patches.mmcv_nms_and_roi_align(_nms_in_float32, _roi_align_in_float32):
         yield
-    finally:
-        nms_module.nms, RoIAlign.forward = nms, forward
 
 
 def _to_float32(sample):
@@ -83,11 +77,11 @@ def _to_float32(sample):
     return sample
 
 
-def float32_predictions(model: torch.nn.Module) -> None:
-    """Make ``model.test_step`` return float32 prediction tensors."""
+def float32_predictions(model: torch.nn.Module):
+    """While active, ``model.test_step`` returns float32 prediction tensors."""
     test_step = model.test_step
 
     @functools.wraps(test_step)
     def wrapper(*args, **kwargs):
         return [_to_float32(sample) for sample in test_step(*args, **kwargs)]
-    model.test_step = wrapper
+    return patches.model_test_step(model, wrapper)

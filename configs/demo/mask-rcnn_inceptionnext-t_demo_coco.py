@@ -10,7 +10,7 @@ _base_ = ['../mask_rcnn/mask-rcnn_inceptionnext-t_fpn_1x_coco.py']
 data_root = 'data/demo/coco/'
 max_epochs = 5
 custom_imports = dict(
-    imports=['backbones', 'backbones.ops.roi_align', 'backbones.runtime.random_state'],
+    imports=['backbones', 'backbones.ops.roi_align', 'backbones.runtime.hooks'],
     allow_failed_imports=False)
 custom_hooks = [dict(type='ValRandomStateHook')]
 roi_layer = dict(type='SparseRoIAlign', output_size=7, sampling_ratio=0)  # mmcv's, faster on CPU

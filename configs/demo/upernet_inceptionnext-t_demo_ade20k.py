@@ -5,7 +5,7 @@
 # 128-wide head.
 # Everything else (backbone, heads, losses, optimizer, lr decay, augmentations) is the real config.
 _base_ = ['../upernet_inceptionnext_t_ade20k.py']
-custom_imports = dict(imports=['backbones', 'backbones.runtime.random_state'],
+custom_imports = dict(imports=['backbones', 'backbones.runtime.hooks'],
                       allow_failed_imports=False)
 custom_hooks = [dict(type='ValRandomStateHook')]
 data_root = 'data/demo/ade/ADEChallengeData2016'

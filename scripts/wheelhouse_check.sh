@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The wheelhouse round trip on this machine: a new virtual environment, torch from pip's usual
-# sources (index or cache), the suite from the wheelhouse with no index (tools/wheelhouse_install.sh
+# sources (index or cache), the suite from the wheelhouse with no index (scripts/wheelhouse_install.sh
 # checks that torch is kept), then the fast tests there.
 #
 #   make wheelhouse-check            # uses wheelhouse/ (make wheelhouse first)
@@ -30,7 +30,7 @@ say "torch $TORCH and torchvision $TORCHVISION from pip's usual sources"
 "$venv/bin/python" -m pip install --disable-pip-version-check -q "torch==$TORCH" \
   "torchvision==$TORCHVISION" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2 || true)
 t_torch=$((SECONDS - start))
-bash "$ROOT/tools/wheelhouse_install.sh" "$venv" "$WH"
+bash "$ROOT/scripts/wheelhouse_install.sh" "$venv" "$WH"
 t_install=$((SECONDS - start - t_torch))
 say "fast tests in the new environment"
 status=0

@@ -1,7 +1,7 @@
 """Training and inference speed of InceptionNeXt against timm and ConvNeXt, timm-benchmark style.
 
-    python tools/benchmark.py --models backbone,upernet --sizes t --batch 2 --shape 512 \\
-        --variants ours,ours-cl-inside,timm,convnext --repeats 9 --threads 2
+    python tools/analysis_tools/benchmark.py --models backbone,upernet --sizes t --batch 2 \\
+        --shape 512 --variants ours,ours-cl-inside,timm,convnext --repeats 9 --threads 2
 
 One runner per variant (random weights), all in one process; their steps alternate round-robin so
 that noise hits all alike, and the median step is reported. A training step (forward + loss,
@@ -26,19 +26,19 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import zoo
+from flops import inference_gflops
+from machine import machine_info, peak_memory_mib
+from report import input_size, markdown_table
+from zoo import CALIB, CONFIGS, SIZES, TASK, TimmFeatures
 
-from backbones.cli import zoo
-from backbones.cli.config import parse_shape
-from backbones.cli.flops import inference_gflops
-from backbones.cli.machine import machine_info, peak_memory_mib
-from backbones.cli.main import one_line_errors
-from backbones.cli.report import input_size, markdown_table
-from backbones.cli.zoo import CALIB, CONFIGS, SIZES, TASK, TimmFeatures
+from backbones.cli.main import one_line_errors, parse_shape
+from backbones.deploy.fuse import fuse_inception_next
 from backbones.errors import ConfigError
 from backbones.runtime.amp import float32_mmcv_ops
 from backbones.runtime.layout import channels_last_inside
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 VARIANT = re.compile(r'(ours-deploy(?:-onednn|-no-onednn)?|ours|timm|convnext)(-cl-inside|-cl)?'
                      r'|(ours|convnext)(-ort(?:-int8)?)')
 COLUMNS = [('model', 'family', ''), ('size', lambda r: SIZES[r['size']], ''),
@@ -208,7 +208,8 @@ def build_runners(family: str, size: str, args: argparse.Namespace, folder: str)
                      else copy.deepcopy(eager))
             backbone = getattr(model, 'backbone', model)
             if base.startswith('ours-deploy'):
-                backbone.eval().fuse({'-onednn': True, '-no-onednn': False}.get(base[11:]))
+                fuse_inception_next(backbone.eval(),
+                                    {'-onednn': True, '-no-onednn': False}.get(base[11:]))
             if suffix == '-cl-inside':
                 channels_last_inside(backbone)
         cl = (args.channels_last or suffix == '-cl') and '-ort' not in suffix
@@ -259,7 +260,8 @@ def markdown(report: dict) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Build, measure and write everything the flags ask for; returns the report."""
     args = check_args(args)
-    report = dict(command=shlex.join(['python', 'tools/benchmark.py', *sys.argv[1:]]),
+    report = dict(command=shlex.join(['python', 'tools/analysis_tools/benchmark.py',
+                                      *sys.argv[1:]]),
                   machine=machine_info(args.device, args.gemm),
                   settings=dict(vars(args), shape=list(args.shape)), results=[])
     with tempfile.TemporaryDirectory() as folder:  # the -ort exports

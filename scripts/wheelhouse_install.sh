@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install the suite into a virtual environment from a wheelhouse (tools/wheelhouse.sh), with no
+# Install the suite into a virtual environment from a wheelhouse (scripts/wheelhouse.sh), with no
 # package index and without touching the environment's torch.
 #
-#   bash tools/wheelhouse_install.sh VENV [WHEELHOUSE]       # WHEELHOUSE default: wheelhouse
+#   bash scripts/wheelhouse_install.sh VENV [WHEELHOUSE]       # WHEELHOUSE default: wheelhouse
 #
 # A missing VENV is created by PYTHON (default python3); SYSTEM_SITE=1 creates it with
 # --system-site-packages, so that the interpreter's torch (and whatever else it has) is used
@@ -57,7 +57,7 @@ offline_pip "setuptools<82" wheel ninja psutil || die "the wheelhouse lacks a bu
 if ! "$VPY" -c 'import mmcv.ops' 2>/dev/null; then
   sdist=$(ls "$WH"/mmcv/mmcv-*.tar.gz 2>/dev/null | head -n 1 || true)
   [ -n "$sdist" ] || die "$WH/mmcv has no mmcv sdist; make the wheelhouse again"
-  wheel=$(INCEPTIONNEXT_CACHE="$WH/mmcv" MMCV_SDIST="$sdist" bash "$ROOT/tools/mmcv_wheel.sh" "$VPY")
+  wheel=$(INCEPTIONNEXT_CACHE="$WH/mmcv" MMCV_SDIST="$sdist" bash "$ROOT/scripts/mmcv_wheel.sh" "$VPY")
   offline_pip --no-deps --force-reinstall "$wheel"
   offline_pip "$wheel" || die "the wheelhouse lacks a requirement of mmcv (see above)"
 fi
@@ -66,7 +66,7 @@ report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 say "the suite: pip install -e .[mmdet,mmseg,dev]"
 offline_pip --report "$report" -e "$ROOT[mmdet,mmseg,dev]" || die "the wheelhouse lacks a package (see above)"
-installed=$("$VPY" "$ROOT/tools/wheelhouse.py" installs "$report")
+installed=$("$VPY" "$ROOT/scripts/wheelhouse.py" installs "$report")
 if echo "$installed" | grep -qixE 'torch|torchvision'; then
   die "pip installed torch or torchvision although the environment had torch $torch_before"
 fi

@@ -1,4 +1,4 @@
-"""The models tools/benchmark.py compares, built alike: ours and mmpretrain's ConvNeXt from their
+"""The models ``benchmark.py`` compares, built alike: ours and mmpretrain's ConvNeXt from their
 mmseg/mmdet configs (random weights), timm's InceptionNeXt with our weights, their ONNX Runtime
 twins, and a synthetic annotated batch to train them on."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ import os.path as osp
 import torch
 import torch.nn as nn
 
-from .config import build_model, load_config
+from backbones import ARCH_SETTINGS
+from backbones.config import build_model, load_config
 
 SIZES = {'a': 'atto', 't': 'tiny', 's': 'small', 'b': 'base'}
 UPERNET = ('configs/upernet/upernet_inceptionnext-{}_8xb2-160k_ade20k-512x512.py', 'mmseg',
@@ -19,7 +20,7 @@ CONFIGS = {  # family: ours, package, upstream config in its .mim folder (T's if
     'maskrcnn': ('configs/mask_rcnn/mask-rcnn_inceptionnext-{}_fpn_1x_coco.py', 'mmdet',
                  'configs/convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py')}
 EXPORT_KIND = {'backbone': 'backbone', 'upernet': 'segmentor', 'maskrcnn': 'features'}
-TASK = {'backbone': 'backbone', 'upernet': 'seg', 'maskrcnn': 'det'}  # as tools/get_flops.py
+TASK = {'backbone': 'backbone', 'upernet': 'seg', 'maskrcnn': 'det'}  # as get_flops.py
 N_GT = 16  # objects (boxes + masks) per image of the synthetic detection batch
 CALIB = 4  # random images that calibrate the int8 variants
 
@@ -37,7 +38,6 @@ def build(family: str, size: str, upstream: bool, shape: tuple[int, int], root: 
         cfg = load_config(osp.join(folder, path.format(arch if exists else 'tiny')))
         dims = mmpretrain.models.ConvNeXt.arch_settings[arch]['channels']
     else:
-        from .. import ARCH_SETTINGS
         cfg = load_config(osp.join(root, ours.format('t' if size == 'a' else size)))
         dims = ARCH_SETTINGS[arch]['dims']
     cfg.model.backbone.arch, dims = arch, list(dims)
@@ -106,9 +106,9 @@ def in_onnx_runtime(model: nn.Module, family: str, path: str, shape: tuple[int, 
     """A copy of ``model`` whose backbone (+ neck, + decode head) runs the export ``path`` in
     ONNX Runtime (a segmentor as tools/test.py runs it, a detector with its heads in PyTorch);
     exported once and checked against PyTorch."""
-    from ..deploy.onnx_export import export_checked, file_metadata
-    from ..deploy.onnx_quantize import quantize_int8, random_calibration_inputs
-    from ..deploy.onnx_runtime import (
+    from backbones.deploy.onnx_export import export_checked, file_metadata
+    from backbones.deploy.onnx_quantize import quantize_int8, random_calibration_inputs
+    from backbones.deploy.onnx_runtime import (
         OnnxModule,
         run_features_in_onnx_runtime,
         run_segmentor_in_onnx_runtime,

@@ -1,6 +1,7 @@
 """Export a trained segmentor, a detector's backbone + FPN, or the backbone alone to ONNX.
 
-    python tools/export.py CONFIG CHECKPOINT OUT.onnx [--part segmentor|features|backbone]
+    python tools/deployment/export.py CONFIG CHECKPOINT OUT.onnx \
+        [--part segmentor|features|backbone]
         [--check-shapes 512x512 480x640] [--quantize int8 --calib-data DIR --calib-num N]
 
 The file takes ``image``: float32 NCHW, any batch, height and width, normalised as the config's
@@ -20,9 +21,9 @@ import torch
 from mmengine.config import Config
 
 from backbones.checkpoint import fit_model_checkpoint, load_pretrained
-from backbones.cli.config import build_model, load_config, task_of
+from backbones.checks.outputs import check_output_file
 from backbones.cli.main import add_cfg_options, one_line_errors
-from backbones.cli.outputs import check_output_file
+from backbones.config import build_model, load_config, task_of
 from backbones.deploy.onnx_export import (
     export_checked,
     file_metadata,

@@ -1,4 +1,4 @@
-"""FLOP counting of ``tools/get_flops.py`` and ``tools/benchmark.py`` (mmengine's counter).
+"""FLOP counting of ``get_flops.py`` and ``benchmark.py`` beside it (mmengine's counter).
 
 One fused multiply-add counts as one FLOP (mmengine's and fvcore's convention, i.e. MACs).
 Segmentors are counted without their auxiliary head (it is dropped at inference), detectors on

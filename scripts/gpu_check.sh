@@ -2,16 +2,16 @@
 # One command for a CUDA machine that has torch but no package index: install the suite from a
 # wheelhouse, run the tests that matter on CUDA, benchmark, and write one summary table.
 #
-#   bash tools/gpu_check.sh                       # wheelhouse/, results in work_dirs/gpu_check
-#   bash tools/gpu_check.sh --device cpu --no-install    # a short dry run of the same steps
+#   bash scripts/gpu_check.sh                       # wheelhouse/, results in work_dirs/gpu_check
+#   bash scripts/gpu_check.sh --device cpu --no-install    # a short dry run of the same steps
 #
-#   --wheelhouse DIR   made by tools/wheelhouse.sh for this machine (default wheelhouse)
+#   --wheelhouse DIR   made by scripts/wheelhouse.sh for this machine (default wheelhouse)
 #   --venv DIR         created by PYTHON (default python3) with --system-site-packages, so the
 #                      machine's torch is used and nothing outside DIR changes (default .venv-gpu)
 #   --no-install       use the environment of PYTHON (default python3) as it is
 #   --tests "ARGS"     pytest arguments (default: tests/test_cuda.py tests/test_install.py)
 #   --budget SECONDS   the whole check (default 450: under 8 minutes with the start)
-#   --runs NAMES       only these benchmark runs of tools/gpu_check.py's plan (comma list)
+#   --runs NAMES       only these benchmark runs of scripts/gpu_check.py's plan (comma list)
 #   --out DIR          (default work_dirs/gpu_check): summary.md, summary.json, tests.xml, logs
 #
 # A first run builds mmcv with CUDA ops for the present GPU from the wheelhouse's sdist (not
@@ -51,7 +51,7 @@ if [ "$INSTALL" = 1 ]; then
       || die "torch sees no CUDA device; use --device cpu for a dry run"
     export TORCH_CUDA_ARCH_LIST
   fi
-  SYSTEM_SITE=1 bash "$ROOT/tools/wheelhouse_install.sh" "$VENV" "$WH"
+  SYSTEM_SITE=1 bash "$ROOT/scripts/wheelhouse_install.sh" "$VENV" "$WH"
   PY=$VENV/bin/python
 else
   PY=${PYTHON:-python3}
@@ -79,7 +79,7 @@ left=$((BUDGET - (SECONDS - start) - 15))
 [ "$left" -gt 0 ] || left=1
 say "benchmark, $left s left"
 bench_ok=1
-(cd "$ROOT" && "$PY" tools/gpu_check.py --device "$DEVICE" --budget "$left" --out "$OUT" \
+(cd "$ROOT" && "$PY" scripts/gpu_check.py --device "$DEVICE" --budget "$left" --out "$OUT" \
   --junit "$OUT/tests.xml" ${RUNS:+--runs "$RUNS"}) || bench_ok=0
 say "done"
 [ "$tests_ok" = 1 ] || die "tests failed or ran out of time (see $OUT/tests.log)"

@@ -1,8 +1,8 @@
-"""What a wheelhouse must hold, from pip's installation report; used by tools/wheelhouse.sh.
+"""What a wheelhouse must hold, from pip's installation report; used by scripts/wheelhouse.sh.
 
-    python tools/wheelhouse.py select REPORT --roots 'setuptools<82' ... [--exclude torch,...]
+    python scripts/wheelhouse.py select REPORT --roots 'setuptools<82' ... [--exclude torch,...]
         [--target FREEZE] --out NEEDED.txt [--shims DIR]
-    python tools/wheelhouse.py installs REPORT   # names pip would install, one a line
+    python scripts/wheelhouse.py installs REPORT   # names pip would install, one a line
 
 ``select`` walks the dependency graph of the resolved set from the requested packages and lists
 (``name==version``) every package reached, stopping at the excluded ones (torch and torchvision:
@@ -149,9 +149,9 @@ def write_shim(folder: Path, name: str, version: str, requires: str) -> Path:
     files = {
         f'{dist}.dist-info/METADATA': (
             f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n'
-            f'Summary: stand-in made by tools/wheelhouse.sh: cv2 comes from {requires}\n'
+            f'Summary: stand-in made by scripts/wheelhouse.sh: cv2 comes from {requires}\n'
             f'Requires-Dist: {requires}\n'),
-        f'{dist}.dist-info/WHEEL': ('Wheel-Version: 1.0\nGenerator: tools/wheelhouse.py\n'
+        f'{dist}.dist-info/WHEEL': ('Wheel-Version: 1.0\nGenerator: scripts/wheelhouse.py\n'
                                     'Root-Is-Purelib: true\nTag: py3-none-any\n'),
     }
     record = []

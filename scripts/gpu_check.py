@@ -1,8 +1,9 @@
-"""The benchmark part of tools/gpu_check.sh: a fixed plan of tools/benchmark.py runs within a time
-budget, and one summary table (summary.md) with the same numbers as JSON (summary.json).
+"""The benchmark part of scripts/gpu_check.sh: a fixed plan of
+tools/analysis_tools/benchmark.py runs within a time budget, and one summary table (summary.md)
+with the same numbers as JSON (summary.json).
 
-    python tools/gpu_check.py --device cuda --budget 300 --out work_dirs/gpu_check
-    python tools/gpu_check.py --device cpu --out /tmp/dry     # tiny sizes, 1 repeat: a dry run
+    python scripts/gpu_check.py --device cuda --budget 300 --out work_dirs/gpu_check
+    python scripts/gpu_check.py --device cpu --out /tmp/dry     # tiny sizes, 1 repeat: a dry run
 
 On CUDA the plan is the paper's setting (backbones T/S/B, batch 128 at 224x224, fp32, NCHW and
 channels_last, training and inference) against ConvNeXt (mmpretrain) and timm's
@@ -22,9 +23,10 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from backbones.cli.report import input_size, markdown_table
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))  # the benchmark's table writer
+from report import input_size, markdown_table  # noqa: E402
+
 # (name, benchmark.py arguments, measure memory), in the order of importance: runs the budget no
 # longer allows are the last ones. Memory takes a fresh process per row, so only some runs have it.
 CUDA_PLAN = [
@@ -72,7 +74,7 @@ def run_plan(device: str, out: Path, budget: float, only: list[str] | None = Non
     deadline = time.monotonic() + budget
     records = []
     for name, args in plan(device):
-        argv = [sys.executable, 'tools/benchmark.py', *args, '--device', device,
+        argv = [sys.executable, 'tools/analysis_tools/benchmark.py', *args, '--device', device,
                 '--out', str(out / name)]
         record = dict(name=name, command=' '.join(['python', *argv[1:]]), status='skipped',
                       seconds=0.0, detail='no time left in the budget')

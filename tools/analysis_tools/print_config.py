@@ -1,13 +1,14 @@
 """Print the fully resolved config (bases merged, ``--cfg-options`` applied and checked).
 
-    python tools/print_config.py configs/upernet_inceptionnext_t_ade20k.py [--cfg-options ...]
+    python tools/analysis_tools/print_config.py configs/upernet_inceptionnext_t_ade20k.py \
+        [--cfg-options ...]
 """
 from __future__ import annotations
 
 import argparse
 
-from backbones.cli.config import load_config
 from backbones.cli.main import add_cfg_options, one_line_errors
+from backbones.config import load_config
 
 
 @one_line_errors

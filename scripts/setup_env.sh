@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create or repair a virtual environment with the stack pinned in a lock file, and this project.
 #
-#   bash tools/setup_env.sh                          # .venv from requirements/lock.txt
+#   bash scripts/setup_env.sh                          # .venv from requirements/lock.txt
 #   VENV=.venv-compat LOCK=requirements/compat.txt EXTRAS=mmdet,mmseg,dev \
-#     bash tools/setup_env.sh                        # the older stack of make test-compat
+#     bash scripts/setup_env.sh                        # the older stack of make test-compat
 #
 # Idempotent: a healthy, up-to-date environment is verified and left alone; a broken or partial
 # one is repaired. PyPI has no mmcv 2.1.0 wheel with ops, so it is built once per torch version
@@ -34,7 +34,7 @@ PY
 }
 
 stamp_value() {
-  cat "$ROOT/setup.cfg" "$LOCK" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/setup.cfg" "$LOCK" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -d' ' -f1
 }
 
 if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ] && verify; then
@@ -73,7 +73,7 @@ pip_install -c "$LOCK" "setuptools<82" wheel ninja psutil
 
 # 3. mmcv with compiled ops, from the cache or built from source.
 if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
-  wheel=$(LOCK="$LOCK" INCEPTIONNEXT_CACHE="$CACHE" bash "$ROOT/tools/mmcv_wheel.sh" "$PY")
+  wheel=$(LOCK="$LOCK" INCEPTIONNEXT_CACHE="$CACHE" bash "$ROOT/scripts/mmcv_wheel.sh" "$PY")
   pip_install --force-reinstall --no-deps "$wheel"
   pip_install -c "$LOCK" "mmcv==$MMCV_VERSION" # its pure-Python dependencies
 fi

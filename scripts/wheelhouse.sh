@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fill a folder with every wheel the suite needs for one Python and torch, so that a machine
-# without a package index installs it with tools/wheelhouse_install.sh (pip --no-index).
+# without a package index installs it with scripts/wheelhouse_install.sh (pip --no-index).
 #
 #   make wheelhouse                                   # .venv's Python, the lock's torch
 #   make wheelhouse PYTHON=python3.12 TORCH=2.11.0 TARGET=cluster-freeze.txt OUT=wheelhouse-gpu
@@ -13,7 +13,7 @@
 # WITH_TORCH=1  include torch and torchvision with their CUDA libraries (default: the target's
 #          own torch is kept and the wheelhouse holds neither)
 # MMCV=auto|sdist  auto: a wheel built here when PYTHON has that torch (cached, see
-#          tools/mmcv_wheel.sh), plus the sdist; sdist: only the sdist, built on the target
+#          scripts/mmcv_wheel.sh), plus the sdist; sdist: only the sdist, built on the target
 #
 # Versions follow requirements/lock.txt where it pins them. The build tools that an mmcv build
 # from the sdist needs (setuptools<82, wheel, ninja, psutil) are always included.
@@ -54,13 +54,13 @@ PIP_CONSTRAINT="$work/build-constraints.txt" "$PY" -m pip download --disable-pip
 mmcv_req="$OUT/mmcv/mmcv-$MMCV_VERSION.tar.gz"
 here_torch=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
 if [ "$MMCV" = auto ] && [ "$here_torch" = "$TORCH" ]; then
-  wheel=$(LOCK="$LOCK" bash "$ROOT/tools/mmcv_wheel.sh" "$PY")
+  wheel=$(LOCK="$LOCK" bash "$ROOT/scripts/mmcv_wheel.sh" "$PY")
   mkdir -p "$OUT/mmcv/$(basename "$(dirname "$wheel")")"
   cp "$wheel" "$OUT/mmcv/$(basename "$(dirname "$wheel")")/"
   mmcv_req=$wheel
   mmcv_note="mmcv: wheel $(basename "$(dirname "$wheel")") and the sdist"
 else
-  mmcv_note="mmcv: sdist only (build it on the target: tools/wheelhouse_install.sh does)"
+  mmcv_note="mmcv: sdist only (build it on the target: scripts/wheelhouse_install.sh does)"
 fi
 
 # 2. Resolve the whole stack for the target, at the lock's versions and the target's torch.
@@ -68,7 +68,7 @@ grep -viE '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==' "$LO
   > "$work/constraints.txt"
 echo "torch==$TORCH" >> "$work/constraints.txt"
 [ -z "${TORCHVISION:-}" ] || echo "torchvision==$TORCHVISION" >> "$work/constraints.txt"
-mapfile -t roots < <("$PY" "$ROOT/tools/wheelhouse.py" requires "$mmcv_req")
+mapfile -t roots < <("$PY" "$ROOT/scripts/wheelhouse.py" requires "$mmcv_req")
 roots+=("${BUILD_TOOLS[@]}")
 say "resolving for $py_tag with pip (a dry run: nothing is installed)"
 "$PY" -m pip install --disable-pip-version-check -q --dry-run --ignore-installed \
@@ -79,7 +79,7 @@ say "resolving for $py_tag with pip (a dry run: nothing is installed)"
 # 3. Download what the target lacks; build the project's wheel.
 exclude=torch,torchvision
 [ "${WITH_TORCH:-0}" = 1 ] && exclude=
-"$PY" "$ROOT/tools/wheelhouse.py" select "$work/report.json" --roots "${roots[@]}" \
+"$PY" "$ROOT/scripts/wheelhouse.py" select "$work/report.json" --roots "${roots[@]}" \
   --exclude "$exclude" --keep setuptools,wheel,ninja,psutil ${TARGET:+--target "$TARGET"} \
   --out "$work/needed.txt" --shims "$OUT"
 if [ -s "$work/needed.txt" ]; then
@@ -91,9 +91,9 @@ count=$(ls "$OUT"/*.whl | wc -l)
 torch_note="not included: the target's own is kept"
 [ "${WITH_TORCH:-0}" = 1 ] && torch_note=included
 cat > "$OUT/WHEELHOUSE.txt" <<EOF
-Wheels for $py_tag ($(uname -m)), made $(date -u +%Y-%m-%d) by tools/wheelhouse.sh${TARGET:+ for $(basename "$TARGET")}.
+Wheels for $py_tag ($(uname -m)), made $(date -u +%Y-%m-%d) by scripts/wheelhouse.sh${TARGET:+ for $(basename "$TARGET")}.
 torch $TORCH: $torch_note
 $mmcv_note
-Install with no index: bash tools/wheelhouse_install.sh VENV $(basename "$OUT")
+Install with no index: bash scripts/wheelhouse_install.sh VENV $(basename "$OUT")
 EOF
 say "$count wheels, $(du -sh "$OUT" | cut -f1) in $OUT; $mmcv_note"

@@ -16,7 +16,7 @@ import torch
 from mmengine.config import Config
 
 from ..errors import ConfigError
-from .data_check import LOADERS
+from .data import LOADERS
 
 # classes whose **kwargs are passed to a method rather than to their base class
 _KWARGS_SINKS = {'CheckpointHook': ('mmengine.runner', 'Runner', 'save_checkpoint')}

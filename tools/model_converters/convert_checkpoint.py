@@ -1,9 +1,11 @@
 """Convert checkpoints: ImageNet weights to a clean backbone file, or a trained model to a release.
 
     # official/timm .pth/.bin/.safetensors (with or without the head, wrapped or not)
-    python tools/convert_checkpoint.py inceptionnext_tiny.pth pretrain/inceptionnext_t.pth
+    python tools/model_converters/convert_checkpoint.py inceptionnext_tiny.pth \
+        pretrain/inceptionnext_t.pth
     # trained mmengine checkpoint -> weights-only release file name-<sha256[:8]>.pth
-    python tools/convert_checkpoint.py work_dirs/x/iter_160000.pth release/upernet_t.pth
+    python tools/model_converters/convert_checkpoint.py work_dirs/x/iter_160000.pth \
+        release/upernet_t.pth
 
 ``--mode auto`` (default) makes a release from a checkpoint whose ``state_dict`` holds
 ``backbone.*`` together with other model parts (necks, heads), and a backbone file otherwise;
@@ -19,11 +21,11 @@ from collections.abc import Mapping
 import torch
 
 from backbones.checkpoint import HEAD_PREFIX, blocks_per_stage, extract_state_dict, read_checkpoint
+from backbones.checks.outputs import check_output_file
 from backbones.cli.main import one_line_errors
-from backbones.cli.outputs import check_output_file
 from backbones.errors import CheckpointError, ConfigError
+from backbones.files import write_atomic
 from backbones.inception_next import ARCH_SETTINGS, InceptionNeXt
-from backbones.runtime.files import write_atomic
 
 RELEASE_META_KEYS = ('dataset_meta', 'mmengine_version', 'epoch', 'iter')
 _OUT_NORM_KEY = re.compile(r'^norm(\d)\.')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Print the path of an mmcv wheel with compiled ops for the torch of PYTHON, building it once.
 #
-#   bash tools/mmcv_wheel.sh PYTHON
+#   bash scripts/mmcv_wheel.sh PYTHON
 #
 # PyPI has only mmcv's source, so the wheel is built against the torch installed for PYTHON and
 # cached in $INCEPTIONNEXT_CACHE (default ~/.cache/inceptionnext-dense), one folder per

@@ -1,21 +1,22 @@
 """Parameters and FLOPs of a detector or segmentor, and of its backbone alone, without weights.
 
-    python tools/get_flops.py configs/upernet_inceptionnext_t_ade20k.py [--shape 512 2048]
+    python tools/analysis_tools/get_flops.py configs/upernet_inceptionnext_t_ade20k.py \
+        [--shape 512 2048]
 
 FLOPs follow mmengine's (and fvcore's) convention: one fused multiply-add counts as one FLOP.
 Segmentors are measured without their auxiliary head (it is dropped at inference), detectors on
 the input padded to the data preprocessor's size divisor, as upstream get_flops.py does
-(``backbones/cli/flops.py``, which tools/benchmark.py shares).
+(``flops.py`` beside this file, which ``benchmark.py`` shares).
 """
 from __future__ import annotations
 
 import argparse
 
 import torch
+from flops import complexity, drop_auxiliary_head, model_inputs
 
-from backbones.cli.config import build_model, load_config, parse_shape, task_of
-from backbones.cli.flops import complexity, drop_auxiliary_head, model_inputs
-from backbones.cli.main import add_cfg_options, one_line_errors
+from backbones.cli.main import add_cfg_options, one_line_errors, parse_shape
+from backbones.config import build_model, load_config, task_of
 
 DEFAULT_SHAPE = {'seg': (512, 512), 'det': (1280, 800)}
 

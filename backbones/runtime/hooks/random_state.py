@@ -6,7 +6,7 @@ of every later training step: a seeded run would give other numbers depending on
 validates. ``ValRandomStateHook`` saves the Python, NumPy and torch (CPU and CUDA) generator
 states before each validation and restores them after, so the training is the same whatever the
 ``val_interval``. Importing this module registers it in mmengine's root ``HOOKS``; opt in with
-``custom_imports=dict(imports=['backbones.runtime.random_state'])`` and
+``custom_imports=dict(imports=['backbones.runtime.hooks'])`` and
 ``custom_hooks=[dict(type='ValRandomStateHook')]`` (the demo configs do).
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Importing this module registers two transforms in mmengine's root ``TRANSFORMS`` (found from
 mmseg's and mmdet's pipelines); ``import backbones`` does not import it. The tools insert them with
 ``add_data_checks``; a downstream config opts in with
-``custom_imports=dict(imports=['backbones', 'backbones.runtime.data_checks'])`` and the two steps
+``custom_imports=dict(imports=['backbones', 'backbones.checks.transforms'])`` and the two steps
 in its pipelines:
 
 - ``CheckImage`` right after ``LoadImageFromFile``: the image is at least ``min_size`` pixels a
@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 from mmengine.registry import TRANSFORMS
 from PIL import Image
 
-from ..cli.data_check import built_lazily, dataset_dicts, loads_annotations
+from ..checks.data import built_lazily, dataset_dicts, loads_annotations
 from ..errors import DataError
 
 IGNORE_INDEX = 255  # mmseg's LoadAnnotations and decode heads
