@@ -125,7 +125,7 @@ def test_booby_trapped_checkpoint_is_refused_everywhere(path, trap, seg_cfg, tmp
         'infer': ('infer.py', [seg_cfg, ckpt, f'{tiny_data["seg"]}/images/validation',
                                '--out-dir', str(work),
                                *train_args(seg_cfg, work)[3:]]),
-        'convert': ('convert_checkpoint.py', [ckpt, str(tmp_path / 'out.pth')]),
+        'convert': ('model_converters/convert_checkpoint.py', [ckpt, str(tmp_path / 'out.pth')]),
     }[path]
     code, _, err = run_here(tool, *argv)
     assert_one_line_error(code, err, f'refused to load {ckpt}', 'posix.system',
