@@ -1,1 +1,2 @@
-"""Command-line plumbing of ``tools/*.py``: checked configs, data checks, one-line errors."""
+"""Command-line plumbing of ``tools/``: arguments spelt as upstream, one ``error:`` line and the
+exit status for bad input and stops."""

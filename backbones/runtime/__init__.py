@@ -1,2 +1,3 @@
 """What the tools apply to mmengine/mmcv/torch for a run: device adaptation, launchers, CPU AMP,
-safety hooks and atomic files. Nothing here acts on import except registering its classes."""
+the pre-run sequence, the hooks and the console. Nothing here acts on import except registering
+its classes; every patch of a live mmengine/mmcv object is in ``patches``."""

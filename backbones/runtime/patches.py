@@ -4,7 +4,9 @@ Each patch replaces one attribute for the time of a ``with`` block and restores 
 nothing outlives the run that asked for it. They reach into internals that mmengine and mmcv do
 not document; each was checked against mmengine 0.10.0 and 0.10.7 and mmcv 2.1.0 (the stacks of
 ``requirements/compat.txt`` and ``requirements/lock.txt``). A new mmengine or mmcv release is
-checked here first.
+checked here first. The one addition outside this module replaces nothing: the opt-in
+``import backbones.ops.roi_align`` adds the name ``SparseRoIAlign`` to ``mmcv.ops``, where mmdet
+looks RoI layer types up.
 """
 from __future__ import annotations
 
