@@ -4,7 +4,7 @@ COMPAT_PY := .venv-compat/bin/python
 # pytest-xdist workers of `make test` (each takes its share of the cores: tests/conftest.py)
 TEST_WORKERS ?= 2
 # what `make test-compat` runs on the older stack: install, backbone, loading, configs, runs
-COMPAT_TESTS := tests/test_install.py tests/test_backbone.py tests/test_checkpoint.py \
+COMPAT_TESTS := tests/test_install.py tests/test_inception_next.py tests/test_checkpoint.py \
 	tests/test_configs.py tests/test_guest.py tests/test_runner_e2e.py
 .PHONY: setup setup-compat test test-fast test-compat lint demo demo-det demo-data clean \
 	wheelhouse wheelhouse-check gpu-check gpu-check-dry
