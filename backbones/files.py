@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
-from ..errors import DiskFullError
+from .errors import DiskFullError
 
 # What torch's zip writer raises when a write fails: for a Python file object the OSError is the
 # exception's __context__; for a path (C++ fwrite) the errno is lost.

@@ -41,7 +41,9 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[i
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split('.')[:len(package.split('.')) - node.level + 1]
+                depth = len(package.split('.'))
+                assert node.level <= depth, f'{module}:{node.lineno} imports beyond the package'
+                base = package.split('.')[:depth - node.level + 1]
                 target = '.'.join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ''
@@ -90,6 +92,11 @@ def test_every_package_folder_has_a_layer():
 ])
 def test_an_upward_import_is_found(source: str, module: str):
     assert upward_imports(source, module, is_package=False)
+
+
+def test_a_relative_import_beyond_the_package_is_found():
+    with pytest.raises(AssertionError, match='beyond the package'):
+        upward_imports('from ..errors import DiskFullError', 'backbones.files', is_package=False)
 
 
 def test_the_model_file_imports_nothing_from_deploy():
