@@ -112,11 +112,9 @@ def onednn_mlp_wins() -> bool:
     stage-1 block (96 channels, 64x64, channels-last), both ways interleaved, one warm-up call
     each, then the best of 6.
 
-    Which is faster depends on the CPU, not only on its ISA: with AVX-512 (AMD EPYC) the fused
-    kernels won whole-backbone timings, an AVX2-only EPYC ran the deploy path with them at only
-    1.01-1.05x timm (1.26-1.30x on an Intel Xeon), and the same EPYC limited to AVX2 kernels gave
-    no clear answer. The outputs are the same either way; on a busy machine the timing, and so
-    the choice, can vary between processes.
+    Which is faster depends on the CPU, not only on its ISA (docs/benchmark.md has the
+    measurements, each with its machine). The outputs are the same either way; on a busy machine
+    the timing, and so the choice, can vary between processes.
     """
     if _CONV_POINTWISE is None or not torch.backends.mkldnn.is_available():
         return False
