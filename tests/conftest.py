@@ -9,9 +9,12 @@ import threading
 import pytest
 import torch
 from helpers import (
+    FAMILIES,
+    SEG_TAIL,
     create_timm_inception_next,
     forget_mmengine_instances,
     randomize_bn_and_layer_scale_,
+    write_config,
 )
 
 from backbones.demo.data import make_ade20k, make_coco
@@ -61,6 +64,13 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
     make_ade20k(str(root / 'ade'), n_train=4, n_val=2, size=64)
     make_coco(str(root / 'coco'), n_train=4, n_val=2, size=64)
     return dict(seg=str(root / 'ade' / 'ADEChallengeData2016'), det=str(root / 'coco'))
+
+
+@pytest.fixture()
+def seg_cfg(tmp_path, tiny_data) -> str:
+    """An atto UperNet config of 2 iterations on ``tiny_data``."""
+    return write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
+                        iters=2)
 
 
 @pytest.fixture()

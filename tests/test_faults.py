@@ -37,12 +37,6 @@ from backbones.config import load_config
 from backbones.runtime.hooks.atomic_checkpoints import latest_complete_checkpoint
 
 
-@pytest.fixture()
-def seg_cfg(tmp_path, tiny_data) -> str:
-    return write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
-                        iters=2)
-
-
 def test_non_finite_loss_stops_training(seg_cfg, tmp_path, capsys):
     code, _, err = run_here('train.py', *train_args(seg_cfg, tmp_path / 'work',
                                                     'train_cfg.max_iters=6',
@@ -126,8 +120,8 @@ def test_torch_writing_a_path_fails_as_a_full_disk_only_where_the_disk_is_full(t
     import resource
     from collections import namedtuple
 
+    from backbones import files
     from backbones.errors import DiskFullError
-    from backbones.runtime import files
     usage = namedtuple('usage', 'total used free')
     monkeypatch.setattr(files.shutil, 'disk_usage',
                         lambda path: usage(1 << 40, 1 << 40, free_mb << 20))

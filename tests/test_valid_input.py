@@ -13,12 +13,6 @@ from PIL import Image
 from backbones.config import load_config
 
 
-@pytest.fixture()
-def seg_cfg(tmp_path, tiny_data) -> str:
-    return write_config(tmp_path, FAMILIES['upernet'][0], SEG_TAIL, root=tiny_data['seg'],
-                        iters=2)
-
-
 def test_overrides_create_keys_below_typed_dicts_and_none_settings():
     demo = str(ROOT / 'configs' / 'demo' / 'upernet_inceptionnext-t_demo_ade20k.py')
     assert load_config(demo).model.backbone.init_cfg is None
