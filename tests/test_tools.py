@@ -300,4 +300,4 @@ def test_setup_stops_before_filling_the_disk(tmp_path):
     assert proc.stderr.strip() == (
         f'[setup] error: 1 GB free on the disk of {tmp_path}; a new .venv needs about 8 GB: '
         'free some space and run make setup again')
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['bin', 'setup.cfg', 'tools']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['bin', 'scripts', 'setup.cfg']
