@@ -103,12 +103,14 @@ class MetaNeXtStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        # Checkpointing is an autograd memory strategy with the same values: TorchScript cannot
+        # compile it, and an FX graph (x a Proxy) records the blocks' ops, not a checkpoint call.
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and self.training and not isinstance(x, torch.fx.Proxy):
+                for block in self.blocks:
+                    x = cp.checkpoint(block, x, use_reentrant=False)
+                return x
+        return self.blocks(x)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -121,9 +123,19 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
                                      self.bias, self.eps).permute(0, 3, 1, 2)
-        keep_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not (
-            x.is_contiguous())
-        return y if keep_channels_last else y.contiguous()
+        return _in_format_of(y, x)
+
+
+@torch.fx.wrap
+def _in_format_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` (channels-last strided) as is for a channels-last ``x``, else contiguous NCHW.
+
+    A leaf for FX (the layout is a runtime property a symbolic trace cannot branch on, so the
+    graph decides when it runs, as eager does); TorchScript compiles it as it is.
+    """
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return y
+    return y.contiguous()
 
 
 def _resolve_arch(arch: str | dict) -> dict:
@@ -185,6 +197,9 @@ class InceptionNeXt(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads ImageNet weights
             (official, timm, wrapped or full mmdet/mmseg checkpoints) and verifies what loaded.
     """
+
+    # Python-side metadata (here and mmengine's): TorchScript would otherwise compile them
+    __jit_unused_properties__ = ['feature_info', 'is_init']
 
     def __init__(self,
                  arch: str | dict = 'tiny',
@@ -270,14 +285,24 @@ class InceptionNeXt(BaseModule):
         load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
         self._is_init = True
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor):  # a tuple of tensors; TorchScript rejects `Tensor, ...`
         x = self.stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
+        feats = []
+        for stage in self.stages:
             x = stage(x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
-        return tuple(outs)
+            feats.append(x)
+        # Literal names, not getattr(self, f'norm{i}'): TorchScript resolves hasattr when it
+        # compiles, so the scripted forward returns a fixed-length tuple as eager does.
+        outs = ()
+        if hasattr(self, 'norm0'):
+            outs = outs + (self.norm0(feats[0]),)
+        if hasattr(self, 'norm1'):
+            outs = outs + (self.norm1(feats[1]),)
+        if hasattr(self, 'norm2'):
+            outs = outs + (self.norm2(feats[2]),)
+        if hasattr(self, 'norm3'):
+            outs = outs + (self.norm3(feats[3]),)
+        return outs
 
     def _freeze_stages(self) -> None:
         frozen = ([self.stem] if self.frozen_stages >= 0 else []) + \
