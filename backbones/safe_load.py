@@ -4,9 +4,12 @@ A ``.pth`` file is a pickle, and a pickle can call any Python function while it 
 are read with torch's ``weights_only`` unpickler plus an explicit allowlist of the plain types that
 mmengine/mmdet/mmseg training checkpoints hold besides tensors (found by saving real checkpoints of
 every model family and listing their globals with
-``torch.serialization.get_unsafe_globals_in_checkpoint``). A file that needs any other global is
-refused with ``UnsafeCheckpointError`` naming it; reading it anyway takes an explicit
-``trusted=True`` for that one file. ``.safetensors`` files hold tensors only and are read as such.
+``torch.serialization.get_unsafe_globals_in_checkpoint``), and the ``argparse.Namespace`` of
+timm ``train.py`` checkpoints. A file that needs any other global is refused with
+``UnsafeCheckpointError`` naming it; reading it anyway takes an explicit opt-in for that one file:
+``trusted=True``, or its path listed in an active ``trusted_files(...)`` block (which
+``SafeRunHook(trusted_checkpoints=[...])`` enters for its run). Nothing is trusted by default.
+``.safetensors`` files hold tensors only and are read as such.
 
 torch < 2.5 has no way to extend its weights-only allowlist; there the same allowlist (plus torch's
 own) is enforced by a restricted unpickler handed to ``torch.load`` as its ``pickle_module``.
@@ -20,19 +23,25 @@ import pickle
 import re
 import types
 import urllib.parse
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from .errors import CheckpointError
 
-# What mmengine training checkpoints hold besides tensors and builtins: the message hub's
-# HistoryBuffer (log history as numpy arrays, its statistics as getattr(HistoryBuffer, 'min')...)
-# and numpy scalars/arrays (numpy 1 and 2 spellings; their bytes come through _codecs.encode, which
-# torch >= 2.4 allows by default). ``getattr`` resolves to ``_history_buffer_statistic``, which
-# looks up nothing else.
+# What mmengine training checkpoints (mmdet, mmseg, mmpretrain) hold besides tensors and builtins:
+# the message hub's HistoryBuffer (log history as numpy arrays, its statistics as
+# getattr(HistoryBuffer, 'min')...) and numpy scalars/arrays (numpy 1 and 2 spellings; their bytes
+# come through _codecs.encode, which torch >= 2.4 allows by default). ``getattr`` resolves to
+# ``_history_buffer_statistic``, which looks up nothing else. timm ``train.py`` checkpoints
+# (``CheckpointSaver``) hold their command line as an ``argparse.Namespace`` in ``args``: an empty
+# object whose ``__dict__`` is then updated with plain values (timm's own loader allows it too).
 SAFE_GLOBALS = (
     'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr', '_codecs.encode',
+    'argparse.Namespace',
     'numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
     'numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar',
     'numpy.ndarray', 'numpy.dtype',
@@ -51,11 +60,10 @@ class UnsafeCheckpointError(CheckpointError):
         self.path, self.name = path, name
         super().__init__(
             f'refused to load {path}: it needs {name}, which is not a tensor, a plain type or '
-            f'one of the types mmengine/mmdet/mmseg checkpoints hold, so unpickling it could run '
-            f'code from the file; only if you trust the file: convert it once with python '
-            f'tools/model_converters/convert_checkpoint.py --trust-checkpoint {path} clean.pth, '
-            'or give '
-            f'--trust-checkpoint to tools/train.py (--resume, load_from), test.py or infer.py')
+            f'one of the types mmengine/mmdet/mmseg/mmpretrain/timm checkpoints hold, so '
+            f'unpickling it could run code from the file; only if you trust the file: python -m '
+            f'backbones.convert --trust-checkpoint {path} clean.pth once and use clean.pth, or '
+            f'list it in SafeRunHook(trusted_checkpoints=[...]) (tools: --trust-checkpoint)')
 
 
 _STATISTICS = ('min', 'max', 'current', 'mean')
@@ -163,8 +171,36 @@ def cached_download(url: str) -> str:
     return cached
 
 
+_trusted: Counter[str] = Counter()  # real paths of the active ``trusted_files`` blocks
+
+
+@contextmanager
+def trusted_files(paths: Iterable[str]) -> Iterator[None]:
+    """While active, ``load_checkpoint_file`` reads the local files ``paths`` (compared by real
+    path, so a symlink or a relative spelling is the same file) with pickle: only for files you
+    trust. Blocks nest; each removes only what it added."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    added = [os.path.realpath(os.fspath(p)) for p in paths]
+    _trusted.update(added)
+    try:
+        yield
+    finally:
+        _trusted.subtract(added)
+        for path in added:
+            if _trusted[path] <= 0:
+                _trusted.pop(path, None)
+
+
+def is_trusted_file(path: str) -> bool:
+    """True for a local file listed in an active ``trusted_files`` block."""
+    return '://' not in path and os.path.realpath(path) in _trusted
+
+
 def load_checkpoint_file(path: str, map_location: Any = 'cpu', trusted: bool = False) -> Any:
-    """A local path or an http(s) URL (downloaded into the hub cache first), read safely."""
+    """A local path or an http(s) URL (downloaded into the hub cache first), read safely; with
+    pickle if ``trusted`` or listed in an active ``trusted_files`` block."""
+    trusted = trusted or is_trusted_file(path)
     if '://' in path:
         path = cached_download(path)
     return load_torch_file(path, map_location, trusted)

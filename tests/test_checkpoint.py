@@ -155,3 +155,45 @@ def test_no_pretrained_keeps_init():
     model.init_weights()
     assert torch.equal(before, model.stem[0].weight)
     assert 0.01 < model.stem[0].weight.std().item() < 0.03  # trunc_normal(std=0.02)
+
+
+def timm_train_checkpoint(folder, model: torch.nn.Module) -> str:
+    """What timm's ``train.py`` writes: ``CheckpointSaver`` with the model, an AdamW state and
+    the command line as an ``argparse.Namespace`` (``args``); returns ``last.pth.tar``."""
+    import argparse
+    import copy
+
+    from timm.utils import CheckpointSaver
+    model = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
+    model(torch.randn(1, 3, 32, 32)).sum().backward()
+    optimizer.step()  # lr 0: the weights stay, the optimizer gets its state tensors
+    args = argparse.Namespace(model='inception_next_atto', lr=4e-3, opt='adamw', epochs=300,
+                              input_size=None, mean=None, model_kwargs={}, amp=True,
+                              device='cuda:0', drop_path=0.1, aa='rand-m9-mstd0.5-inc1')
+    saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(folder),
+                            recovery_dir=str(folder))
+    saver.save_checkpoint(epoch=0, metric=12.5)
+    return str(folder / 'last.pth.tar')
+
+
+@pytest.mark.parametrize('how', ['load_pretrained', 'init_cfg'])
+def test_timm_train_checkpoint_loads_without_trust(tmp_path, timm_atto, how):
+    """A timm ``train.py`` checkpoint (``args`` Namespace, optimizer, epoch, metric) is
+    pretrained weights like any other: no trust flag, tensors equal."""
+    path = timm_train_checkpoint(tmp_path, timm_atto)
+    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    assert {'args', 'optimizer', 'epoch', 'arch', 'version', 'metric',
+            'state_dict'} <= set(checkpoint)
+    assert checkpoint['optimizer']['state']  # exp_avg... tensors, as after training
+    unsafe = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if unsafe is not None:
+        assert unsafe(path) == ['argparse.Namespace']
+    if how == 'init_cfg':
+        model = _build(path)
+    else:
+        from backbones.checkpoint import load_pretrained
+        model = InceptionNeXt('atto')
+        report = load_pretrained(model, path)
+        assert report['missing'] == [] and report['unexpected'] == []
+    _assert_loaded(model, timm_atto)

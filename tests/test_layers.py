@@ -12,7 +12,7 @@ PACKAGE = ROOT / 'backbones'
 # bottom to top; a module's layer is that of its first path part under backbones/
 LAYERS = [('errors', 'files'), ('safe_load', 'checkpoint'),
           ('inception_next', 'layer_decay', 'ops'), ('checks',), ('config',), ('deploy',),
-          ('runtime',), ('demo',), ('cli',)]
+          ('runtime',), ('demo',), ('cli', 'convert')]
 LAYER_OF = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 ROOT_INIT_LAYER = LAYER_OF['inception_next']  # `import backbones`: the model and what it needs
 

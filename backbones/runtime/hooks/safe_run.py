@@ -9,6 +9,7 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner.base_loop import BaseLoop
 
+from ...safe_load import trusted_files
 from ..ranks import max_over_ranks
 from .atomic_checkpoints import after_disk_full, atomic_checkpoints, remove_stale_temporary_files
 from .finite_loss import check_finite_loss
@@ -22,7 +23,9 @@ class SafeRunHook(Hook):
     """Safe loading, atomic checkpoints, a stop on non-finite losses and on SIGTERM/SIGINT.
 
     For one run (``before_run`` to ``after_run``): checkpoints are read without unpickling code
-    (``trusted_checkpoints`` lists files to read with pickle anyway), written atomically and old
+    (``trusted_checkpoints`` lists files to read with pickle anyway: ``load_from``, resume, test
+    checkpoints and the backbone's pretrained ``init_cfg``, which ``Runner.train`` loads after
+    ``before_run``), written atomically and old
     ones removed only after a new one is complete, and a full disk (of a checkpoint or of the
     log file) is one line; a NaN/inf loss stops training before it is saved. While the training
     loop runs, SIGTERM and SIGINT (where the process left them at Python's default) stop it at
@@ -40,15 +43,17 @@ class SafeRunHook(Hook):
         self.safe_loading = safe_loading
         self.atomic_checkpoints = atomic_checkpoints
         self.finite_loss = finite_loss
-        self.trusted_checkpoints = tuple(trusted_checkpoints)
+        self.trusted_checkpoints = ((trusted_checkpoints,) if isinstance(trusted_checkpoints, str)
+                                    else tuple(trusted_checkpoints))
         self._active = ExitStack()
         self._signals = SignalStop(self._active, enabled=stop_on_signals)
         self._log = LogDiskFull()
 
     def before_run(self, runner) -> None:
         self._active.close()  # a second run (train, then test) of the same runner
+        self._active.enter_context(trusted_files(self.trusted_checkpoints))
         if self.safe_loading:
-            self._active.enter_context(safe_checkpoint_loading(self.trusted_checkpoints))
+            self._active.enter_context(safe_checkpoint_loading())
         if self.atomic_checkpoints:
             stale = remove_stale_temporary_files(runner.work_dir)
             if stale:
