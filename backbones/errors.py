@@ -31,13 +31,19 @@ class DiskFullError(UserError, OSError):
     """A write failed because the disk (or the user's quota) is full."""
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(SystemExit):
     """Training stopped between iterations because the process got SIGTERM or SIGINT.
 
-    Not bad input: the tools exit with the shell's status for the signal, 128 + its number.
+    Not bad input and not a failure: a ``SystemExit`` with the shell's status for the signal
+    (128 + its number), raised after the one line saying where the checkpoint is was printed. A
+    process that does not catch it (mmdet's or mmseg's own ``tools/train.py``) ends with that
+    line and that status, without a traceback.
     """
 
     def __init__(self, message: str, signum: int):
-        super().__init__(message)
+        super().__init__(128 + signum)
+        self.message = message
         self.signum = signum
-        self.exit_status = 128 + signum
+
+    def __str__(self) -> str:
+        return self.message

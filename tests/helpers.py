@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import runpy
 import subprocess
 import sys
@@ -70,6 +71,18 @@ def write_config(tmp_path: Path, base: str, tail: str, **fmt) -> str:
     path = tmp_path / 'cfg.py'
     path.write_text(f"_base_ = ['{ROOT / base}']\n" + tail.format(**fmt))
     return str(path)
+
+
+def write_readme_config(folder: Path, library: str) -> Path:
+    """The README's own-project snippet for ``library`` ('mmdet', 'mmseg'), as written there,
+    saved as ``folder/<library>_project.py`` with the ``_base_`` its first line names."""
+    text = (ROOT / 'README.md').read_text()
+    blocks = dict((lib, block) for block, lib in re.findall(
+        r'```python\n(# (mmdet|mmseg): _base_ = .*?)```', text, re.S))
+    snippet = blocks[library]
+    path = folder / f'{library}_project.py'
+    path.write_text(snippet.splitlines()[0].split(': ', 1)[1] + '\n' + snippet)
+    return path
 
 
 def run_tool(*args, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,10 +1,10 @@
 """Every config builds its model without weights; overrides reach the built model."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from helpers import write_readme_config
 
 from backbones.config import build_model, load_config
 
@@ -42,19 +42,10 @@ def test_overrides_reach_the_model():
     assert all(p.requires_grad for p in backbone.stages[2].parameters())
 
 
-def readme_snippets() -> dict[str, str]:
-    """The README's own-project config snippets, keyed by the library named on their first line."""
-    text = (ROOT / 'README.md').read_text()
-    blocks = re.findall(r'```python\n(# (mmdet|mmseg): _base_ = .*?)```', text, re.S)
-    return {library: block for block, library in blocks}
-
-
 @pytest.mark.parametrize('library', ['mmdet', 'mmseg'])
 def test_readme_snippet_builds_and_runs_on_its_base(tmp_path, library):
     import torch
-    snippet = readme_snippets()[library]
-    path = tmp_path / f'{library}_project.py'
-    path.write_text(snippet.splitlines()[0].split(': ', 1)[1] + '\n' + snippet)  # the _base_
+    path = write_readme_config(tmp_path, library)
     cfg = load_config(str(path), {'model.backbone.init_cfg': None})  # no download here
     model = build_model(cfg)
     assert type(model.backbone).__name__ == 'InceptionNeXt'

@@ -1,7 +1,7 @@
 """The tools' entry-point wrapper: bad input (a full disk included) ends with one ``error:`` line
-and exit status 2; a training stopped by SIGTERM/SIGINT with one ``stopped by`` line and the
-shell's status for the signal (143, 130); the stack's known deprecation notices stay off the
-console (``quiet.py``)."""
+and exit status 2; the stack's known deprecation notices stay off the console
+(``runtime/quiet.py``). A training stopped by SIGTERM/SIGINT ends as ``SafeRunHook`` ends it, in
+any process: one ``stopped by`` line and the shell's status for the signal (143, 130)."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +10,7 @@ import sys
 from argparse import ArgumentParser
 from collections.abc import Callable, Sequence
 
-from ..errors import ConfigError, TrainingStopped, UserError, first_line
+from ..errors import ConfigError, UserError, first_line
 from ..files import disk_full_message, is_disk_full
 from ..runtime.quiet import stack_warnings_hidden
 
@@ -44,8 +44,7 @@ def parse_shape(shape: Sequence[int] | None, default: tuple[int, int]) -> tuple[
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
     """Run ``main`` with the stack's known warnings hidden; bad input ends with ``error: ...``
-    on stderr and exit status 2, a stop on a signal with ``stopped by ...`` and 128 + the
-    signal's number."""
+    on stderr and exit status 2."""
 
     @functools.wraps(main)
     def wrapper() -> None:
@@ -54,9 +53,6 @@ def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
                 main()
         except UserError as e:
             _fail(str(e))
-        except TrainingStopped as e:
-            _say(str(e))
-            sys.exit(e.exit_status)
         except OSError as e:  # a full disk outside the checkpoint writer (logs, results)
             if not is_disk_full(e):
                 raise

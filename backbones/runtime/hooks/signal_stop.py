@@ -4,6 +4,7 @@ distributed run stops at the same iteration (``runtime.signals`` records the req
 from __future__ import annotations
 
 import signal
+import sys
 from contextlib import ExitStack
 
 from mmengine.dist import get_world_size, is_main_process
@@ -27,6 +28,14 @@ def _chain_text(error: BaseException | None) -> str:
         texts.append(str(error))
         error = error.__cause__ or error.__context__
     return '\n'.join(texts)
+
+
+def _stopped(line: str, signum: int) -> TrainingStopped:
+    """The stop, its line printed first (by the main process): whoever owns the process, the
+    console ends with where the checkpoint is and how to go on."""
+    if is_main_process():
+        print(line, file=sys.stderr, flush=True)
+    return TrainingStopped(line, signum)
 
 
 def _checkpoint_hooks(runner) -> list[CheckpointHook]:
@@ -100,8 +109,8 @@ class SignalStop:
             when = (f'epoch {meta["epoch"]} (iteration {meta["iter"]})' if hook.by_epoch
                     else f'iteration {meta["iter"]}')
             self.active.close()
-            raise TrainingStopped(f'stopped by {signal.Signals(signum).name} after {when}; '
-                                  f'saved {hook.last_ckpt}: continue with --resume', signum)
+            raise _stopped(f'stopped by {signal.Signals(signum).name} after {when}; saved '
+                           f'{hook.last_ckpt}: continue with --resume', signum)
 
     def _stop_after_workers(self, runner, error: BaseException) -> None:
         """The data loader workers got the signal too (SLURM signals every process of a job)
@@ -120,7 +129,7 @@ class SignalStop:
     @staticmethod
     def _stopped_without_saving(runner, signum: int, done: int, why: str) -> TrainingStopped:
         last = latest_complete_checkpoint(runner.work_dir)
-        return TrainingStopped(
+        return _stopped(
             f'stopped by {signal.Signals(signum).name} at iteration {done}, without saving '
             f'({why}): ' + (f'continue with --resume from the last complete checkpoint, {last}'
                             if last else 'no checkpoint was saved yet'), signum)
