@@ -4,6 +4,10 @@ The modules and parameter names follow the official code (sail-sg/inceptionnext)
 ``inception_next.py``, so the published ImageNet checkpoints load without a remapping table:
 ``stem.{0,1}``, ``stages.{i}.downsample.{0,1}``,
 ``stages.{i}.blocks.{j}.{token_mixer,norm,mlp,gamma}``.
+
+timm's layers (``DropPath``, ``trunc_normal_``) are imported when a model is built, not when this
+module is: importing timm takes seconds (it imports torchvision), and ``import backbones`` in a
+config's ``custom_imports`` only registers the class.
 """
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from timm.layers import DropPath, trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import load_pretrained
@@ -79,7 +82,11 @@ class MetaNeXtBlock(nn.Module):
         self.norm = nn.BatchNorm2d(dim)
         self.mlp = ConvMlp(dim, int(mlp_ratio * dim))
         self.gamma = nn.Parameter(ls_init_value * torch.ones(dim)) if ls_init_value else None
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if drop_path > 0:
+            from timm.layers import DropPath
+            self.drop_path = DropPath(drop_path)
+        else:
+            self.drop_path = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.mlp(self.norm(self.token_mixer(x)))
@@ -264,6 +271,7 @@ class InceptionNeXt(BaseModule):
     @staticmethod
     def _init_module(m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
+            from timm.layers import trunc_normal_
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
