@@ -129,6 +129,7 @@ def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -
             f'{path} does not fit {target}: {len(mismatched)} shape mismatches, e.g. {k} is '
             f'{tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model; '
             f'{hint}')
+    check_finite(state, matched, path)
     ours, theirs = blocks_per_stage(own), blocks_per_stage(state)
     common = sorted(set(ours) & set(theirs))
     if any(ours[i] != theirs[i] for i in common):
@@ -136,6 +137,43 @@ def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -
             f'{path} does not fit {target}: its stages {common} have '
             f'{[theirs[i] for i in common]} blocks, the model\'s {[ours[i] for i in common]} '
             f'(a checkpoint of another depth); {hint}')
+    return matched
+
+
+def check_finite(state: Mapping, keys: list[str], path: str) -> None:
+    """Raise if a floating-point tensor of ``state[keys]`` holds NaN or inf (a diverged run's
+    checkpoint)."""
+    bad = [k for k in keys if isinstance(state[k], torch.Tensor) and state[k].is_floating_point()
+           and not bool(torch.isfinite(state[k]).all())]
+    if bad:
+        raise CheckpointError(f'{path} holds non-finite values (NaN or inf) in {len(bad)} tensors, '
+                              f'e.g. {bad[0]}: it was saved by a diverged run; give a checkpoint '
+                              'saved before the loss grew')
+
+
+def fit_some_weights(model: nn.Module, path: str, what: str = 'load_from',
+                     trusted: bool = False) -> list[str]:
+    """A checkpoint to start training from (``load_from``): it exists, holds tensors, at least
+    one key fits the model (others, e.g. a head of another class count, may not: mmengine loads
+    what fits) and every tensor that fits is finite. Returns the keys that fit."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    if '://' not in path and not os.path.isfile(path):
+        raise CheckpointError(f'{what} {path}: checkpoint not found (fix the path, or drop '
+                              f'{what})')
+    checkpoint = read_checkpoint(path, trusted)
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not _has_tensors(state):
+        raise CheckpointError(f'{what} {path} holds no state dict of tensors (an empty or '
+                              'non-checkpoint file); give a checkpoint of this model')
+    state = {_strip(k, 'module.'): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    matched = [k for k in state if k in own and state[k].shape == own[k].shape]
+    if not matched:
+        raise CheckpointError(f'{what} {path}: no key of it fits the model of the config (first '
+                              f'keys: {list(state)[:3]}); is it a checkpoint of this model?')
+    check_finite(state, matched, path)
     return matched
 
 

@@ -48,6 +48,9 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     parser.add_argument('--mode', default='auto', choices=['auto', 'backbone', 'release'],
                         help='backbone: clean backbone state dict; release: trained model '
                         'without optimizer state (default: by the checkpoint contents)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='backbone mode: replace DST if it exists (never SRC); a release '
+                        'file is named by its hash, so an existing one holds the same weights')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='read SRC with pickle, which can run code stored in it: only for '
                         'files you trust; the output then loads safely everywhere')
@@ -147,7 +150,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 def convert(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     args = parse_args(argv, prog)
-    check_output_file(args.dst, [args.src], 'DST')
+    check_output_file(args.dst, [args.src], 'DST', overwrite=None)  # the name: by the mode
     if not osp.isfile(args.src):
         raise CheckpointError(f'checkpoint not found: {args.src}')
     checkpoint = read_checkpoint(args.src, trusted=args.trust_checkpoint)
@@ -168,6 +171,7 @@ def convert(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
               f'{sorted(release["meta"])}; dropped {", ".join(dropped) or "nothing"}')
         print(final)
         return
+    check_output_file(args.dst, [args.src], 'DST', overwrite=args.overwrite)
     state, arch = backbone_state(checkpoint, args.src, args.arch)
     final = save_backbone(state, args.dst)
     n = sum(v.numel() for v in state.values() if v.is_floating_point()) / 1e6

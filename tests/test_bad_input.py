@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -253,6 +254,152 @@ def _trained_then_regrouped(ctx) -> list:
                     "optim_wrapper.paramwise_cfg.decay_type='layer_wise'"), '--resume', ctx.path]
 
 
+# --- nothing lost: outputs never replace inputs or earlier runs ----------------------------------
+
+def _finished_run(ctx) -> Path:
+    """A real 2-iteration training in ctx.tmp/run (outside ctx.work, so every file of it is
+    compared before and after)."""
+    ctx.run = ctx.tmp / 'run'
+    code, _, err = run_here('train.py', *train_args(_seg_cfg(ctx), ctx.run))
+    assert code == 0 and (ctx.run / 'iter_2.pth').is_file(), err[-2000:]
+    return ctx.run
+
+
+def _train_again(ctx) -> list:
+    """The same config trained again into the finished run's work dir, one option changed."""
+    return train_args(_seg_cfg(ctx), _finished_run(ctx), 'optim_wrapper.optimizer.lr=0.001')
+
+
+def _locked_work_dir(ctx) -> list:
+    """A work dir whose lock names a live process on this host (this test's parent)."""
+    ctx.run, ctx.ppid = ctx.tmp / 'run', os.getppid()
+    ctx.run.mkdir()
+    (ctx.run / 'train.lock').write_text(f'{ctx.ppid} {socket.gethostname()}\n')
+    return train_args(_seg_cfg(ctx), ctx.run)
+
+
+def _images_copy(ctx) -> Path:
+    ctx.images = ctx.tmp / 'images'
+    ctx.images.mkdir()
+    for image in sorted((Path(ctx.data['seg']) / 'images' / 'validation').glob('*.jpg'))[:2]:
+        shutil.copy(image, ctx.images)
+    return ctx.images
+
+
+def _infer_into(ctx, out_dir) -> list:
+    return [_seg_cfg(ctx), _seg_model_file(ctx), _images_copy(ctx), '--out-dir', out_dir(ctx),
+            '--cfg-options', *ATTO.split(), *FAMILIES['upernet'][2].split()]
+
+
+def _earlier_paintings(ctx) -> Path:
+    ctx.out = ctx.tmp / 'painted'
+    ctx.out.mkdir()
+    first = sorted(ctx.images.glob('*.jpg'))[0]
+    Image.new('RGB', (8, 8)).save(ctx.out / f'{first.stem}.png')
+    return ctx.out
+
+
+def _seg_test(ctx, out) -> list:
+    """tools/test.py on a copy of the tiny ADE20K set, --out given by ``out(ctx, root)``."""
+    root, _, _ = _seg_files(ctx, 'validation')
+    ctx.root = root
+    model = _seg_model_file(ctx)  # writes the config of the shared data: first
+    return [_seg_cfg(ctx, str(root)), model, '--work-dir', str(ctx.work), '--out',
+            out(ctx, root), '--cfg-options', *ATTO.split(), *FAMILIES['upernet'][2].split()]
+
+
+def _label_maps_of_mine(ctx, root: Path) -> Path:
+    """A folder of label maps (not the test set's) with the names test.py would write."""
+    ctx.out = ctx.tmp / 'my_labels'
+    shutil.copytree(root / 'annotations' / 'validation', ctx.out)
+    return ctx.out
+
+
+def _load_from(ctx, make_file) -> list:
+    ctx.path = make_file(ctx)
+    return _train(ctx, f'load_from={ctx.path}')
+
+
+def _non_finite_model_file(ctx) -> str:
+    path = Path(_seg_model_file(ctx))
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint['state_dict']['backbone.stem.0.weight'][0, 0, 0, 0] = float('nan')
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def _below_a_file(ctx, name: str) -> str:
+    ctx.file = Path(_text_file(ctx))
+    return str(ctx.file / name)
+
+
+NOTHING_LOST = [
+    pytest.param('train.py', _train_again,
+                 ['work dir {run} holds the checkpoints of a run', 'iter_2.pth', 'last_checkpoint',
+                  '--resume', 'another --work-dir', '--overwrite', '{run}/previous_<time>/'],
+                 id='train again into a finished run'),
+    pytest.param('train.py', _locked_work_dir,
+                 ['work dir {run} is in use by another training (PID {ppid} on this machine',
+                  'another --work-dir'],
+                 id='two trainings on one work dir'),
+    pytest.param('infer.py', lambda ctx: _infer_into(ctx, lambda c: c.images),
+                 ['--out-dir {images} holds {images}', 'which this command reads'],
+                 id='infer --out-dir is the images folder'),
+    pytest.param('infer.py', lambda ctx: _infer_into(ctx, lambda c: c.tmp),
+                 ['--out-dir {tmp} holds', 'which this command reads'],
+                 id='infer --out-dir is a parent of the images folder'),
+    pytest.param('infer.py', lambda ctx: _infer_into(ctx, _earlier_paintings),
+                 ['--out-dir {out} already holds 1 of the files this command writes',
+                  '--overwrite'],
+                 id='infer --out-dir holds files of the same names'),
+    pytest.param('test.py',
+                 lambda ctx: _seg_test(ctx, lambda c, root: root / 'annotations' / 'validation'),
+                 ['--out {root}/annotations/validation holds', 'which this command reads'],
+                 id='seg test --out is the label map folder'),
+    pytest.param('test.py', lambda ctx: _seg_test(ctx, _label_maps_of_mine),
+                 ['--out {out} already holds 2 of the files this command writes', '--overwrite'],
+                 id='seg test --out holds label maps of the same names'),
+    pytest.param('test.py',
+                 lambda ctx: [*_seg_test(ctx, lambda c, root: c.tmp / 'preds'), '--show-dir',
+                              str(ctx.root / 'images')],
+                 ['--show-dir {root}/images holds', 'which this command reads'],
+                 id='test --show-dir holds the images'),
+    pytest.param('train.py', lambda ctx: [*_train(ctx), '--resume'],
+                 ['--resume: nothing to resume in {work}', '--resume PATH'],
+                 id='--resume with nothing to resume'),
+    pytest.param('train.py', lambda ctx: [*_train(ctx), '--resume', '--overwrite'],
+                 ['--resume continues', '--overwrite starts over'], id='--resume with --overwrite'),
+    pytest.param('train.py', lambda ctx: _load_from(ctx, lambda c: str(c.tmp / 'nope.pth')),
+                 ['load_from {path}: checkpoint not found'], id='load_from missing'),
+    pytest.param('train.py', lambda ctx: _load_from(ctx, _non_finite_model_file),
+                 ['{path} holds non-finite values (NaN or inf) in 1 tensors',
+                  'backbone.stem.0.weight'],
+                 id='load_from with NaN'),
+    pytest.param('train.py',
+                 lambda ctx: _load_from(
+                     ctx, lambda c: _saved(c, {'conv1.weight': torch.zeros(8, 3, 3, 3)})),
+                 ['load_from {path}: no key of it fits the model'], id='load_from no key fits'),
+    pytest.param('train.py', lambda ctx: _load_from(ctx, lambda c: _saved(c, {})),
+                 ['load_from {path} holds no state dict of tensors'], id='load_from empty'),
+    pytest.param('deployment/export.py',
+                 lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx), _below_a_file(ctx, 'x.onnx')],
+                 ['OUT {file}/x.onnx: {file} is a file, not a folder'],
+                 id='export OUT below a file'),
+    pytest.param('deployment/export.py',
+                 lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx),
+                              _saved(ctx, b'onnx of an earlier export', 'model.onnx')],
+                 ['OUT {tmp}/model.onnx already exists', '--overwrite'],
+                 id='export OUT exists'),
+    pytest.param('analysis_tools/benchmark.py',
+                 lambda ctx: ['--out', _below_a_file(ctx, 'bench'), '--sizes', 'a'],
+                 ['--out {file}/bench: {file} is a file, not a folder'],
+                 id='benchmark --out below a file'),
+    pytest.param('model_converters/convert_checkpoint.py',
+                 lambda ctx: [ctx.atto_ckpt, _saved(ctx, b'my backbone', 'backbone.pth')],
+                 ['DST {tmp}/backbone.pth already exists', '--overwrite'],
+                 id='convert DST exists'),
+]
+
 OVERRIDES = [  # (--cfg-options override, fragments of the error)
     ('modle.backbone.arch=atto', ["no key 'modle'"]),
     ('model.backbone.drop_path_rate=abc', ['expected a number']),
@@ -455,6 +602,7 @@ CASES = [
     pytest.param('deployment/export.py',
                  lambda ctx: [_seg_cfg(ctx), _seg_model_file(ctx), _seg_model_file(ctx)],
                  ['OUT {path} is the input'], id='export OUT is the checkpoint'),
+    *NOTHING_LOST,
 ]
 
 

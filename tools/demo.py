@@ -55,8 +55,9 @@ def find_pretrained() -> str | None:
 def with_pretrained_backbone(config: str, checkpoint: str, work_dir: str) -> str:
     """A config in ``work_dir`` that inherits ``config`` and loads ``checkpoint`` into the
     backbone (a dict value cannot be given through --cfg-options)."""
-    os.makedirs(work_dir, exist_ok=True)
-    path = osp.join(work_dir, 'pretrained_' + osp.basename(config))
+    folder = osp.join(work_dir, 'configs')  # not where train.py saves its copy of the config
+    os.makedirs(folder, exist_ok=True)
+    path = osp.join(folder, 'pretrained_' + osp.basename(config))
     init_cfg = f"dict(_delete_=True, type='Pretrained', checkpoint={osp.abspath(checkpoint)!r})"
     with open(path, 'w') as f:
         f.write(f'_base_ = [{osp.abspath(config)!r}]\n'
@@ -195,12 +196,13 @@ def main() -> None:
     else:
         print('[demo] no local ImageNet checkpoint (looked for '
               f'{", ".join(PRETRAINED_CANDIDATES)}): training from scratch')
-    run([osp.join(TOOLS, 'train.py'), config, '--work-dir', work_dir, *extra])
+    # a scripted fresh run: an earlier demo's checkpoints are moved aside (train.py says where)
+    run([osp.join(TOOLS, 'train.py'), config, '--work-dir', work_dir, '--overwrite', *extra])
     checkpoint = open(osp.join(work_dir, 'last_checkpoint')).read().strip()
     vis_dir = osp.join(work_dir, 'vis')
     out = osp.join(work_dir, 'predictions' + ('.pkl' if args.task == 'det' else ''))
     run([osp.join(TOOLS, 'test.py'), config, checkpoint, '--work-dir',
-         osp.join(work_dir, 'test'), '--show-dir', vis_dir, '--out', out, *extra])
+         osp.join(work_dir, 'test'), '--show-dir', vis_dir, '--out', out, '--overwrite', *extra])
     metrics = latest_metrics(osp.join(work_dir, 'test'))
     scalars = latest_scalars(work_dir)
     curves = draw_curves(scalars, osp.join(work_dir, 'curves.png'), demo['curves'],

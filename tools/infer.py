@@ -37,6 +37,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('images', nargs='+', help='image files or directories of images')
     parser.add_argument('--out-dir', default='work_dirs/infer',
                         help='directory for the painted PNG files (default: work_dirs/infer)')
+    parser.add_argument('--overwrite', action='store_true', help='replace painted files of an '
+                        'earlier run in --out-dir (never the inputs)')
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     parser.add_argument('--deploy', action='store_true', help='fold BatchNorms and layer scales '
                         'of the InceptionNeXt backbone for faster inference (same outputs)')
@@ -133,7 +135,11 @@ def main() -> None:
     task = task_of(cfg)
     device = check_device(args.device)
     images = collect_images(args.images)
-    check_output_folder(args.out_dir, '--out-dir')
+    used: set[str] = set()  # the names written, known before any work
+    out_files = [out_path(args.out_dir, path, used) for path in images]
+    check_output_folder(args.out_dir, '--out-dir', [*images, *args.images, args.checkpoint,
+                                                    args.config],
+                        [osp.basename(f) for f in out_files], args.overwrite)
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
     model, visualizer = build(cfg, task, device)
@@ -166,8 +172,7 @@ def main() -> None:
     else:
         visualizer.dataset_meta = model.dataset_meta
     os.makedirs(args.out_dir, exist_ok=True)
-    used: set[str] = set()
-    for path in images:
+    for path, out_file in zip(images, out_files):
         try:
             image = mmcv.imread(path)
         except Exception:  # noqa: BLE001  (any decoder failure is a bad input file)
@@ -175,7 +180,6 @@ def main() -> None:
         if image is None:
             raise DataError(f'cannot read image {path} (not an image, or a corrupt file)')
         result = predict(model, image, task)
-        out_file = out_path(args.out_dir, path, used)
         extra = {} if task == 'seg' else {'pred_score_thr': args.score_thr}
         visualizer.add_datasample(osp.basename(path), mmcv.bgr2rgb(image), result,
                                   draw_gt=False, show=False, out_file=out_file, **extra)

@@ -32,8 +32,9 @@ def _marker_mtime(path: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description='Write the synthetic ADE20K/COCO demo set')
     parser.add_argument('--out', default=DEMO_ROOT, help=f'output folder (default: {DEMO_ROOT})')
-    parser.add_argument('--force', action='store_true',
-                        help='regenerate even if a complete set is already there')
+    parser.add_argument('--force', '--overwrite', dest='force', action='store_true',
+                        help='regenerate even if a complete set is already there (only a set '
+                        'this tool wrote: other data in --out is never replaced)')
     args = parser.parse_args()
     check_output_folder(args.out, '--out')
     markers = {k: osp.join(args.out, k, MARKER_FILE) for k in ('ade', 'coco')}

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import os.path as osp
 from contextlib import nullcontext
 
 from backbones.checkpoint import fit_model_checkpoint
-from backbones.checks.data import readable_data_errors
+from backbones.checks.data import data_inputs, image_names, readable_data_errors
 from backbones.checks.outputs import check_output_file, check_output_folder
 from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.config import default_work_dir, load_config, task_of
@@ -26,6 +27,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument('--out', help='det: dump predictions to this pickle file; seg: save '
                         'predicted label maps into this directory')
+    parser.add_argument('--overwrite', action='store_true', help='replace files of --out and '
+                        '--show-dir that already exist (never the inputs)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='directory where painted predictions are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
@@ -58,17 +61,32 @@ def enable_visualization(cfg, task: str, args: argparse.Namespace) -> None:
             hook.interval = 1
 
 
+def check_outputs(cfg, task: str, args: argparse.Namespace) -> None:
+    """--out and --show-dir replace none of the inputs (checkpoint, config, the test data) and,
+    without --overwrite, no file that is already there."""
+    inputs = [args.checkpoint, args.config, *data_inputs(cfg, ['test_dataloader'])]
+    if args.out and task == 'det':
+        check_output_file(args.out, inputs, '--out', overwrite=args.overwrite)
+    elif args.out:  # mmseg's IoUMetric writes <image stem>.png
+        names = [osp.splitext(osp.basename(n))[0] + '.png'
+                 for n in image_names(cfg, 'test_dataloader')]
+        check_output_folder(args.out, '--out', inputs, names, args.overwrite)
+    if args.show_dir:
+        if task == 'det':  # mmdet's hook writes the image's own name
+            names = [osp.basename(n) for n in image_names(cfg, 'test_dataloader')]
+        else:  # mmseg's visualizer: vis_data/vis_image/test_<image>_<index>.png
+            folder = osp.join(args.show_dir, 'vis_data', 'vis_image')
+            names = [osp.join('vis_data', 'vis_image', n)
+                     for n in (os.listdir(folder) if osp.isdir(folder) else [])]
+        check_output_folder(args.show_dir, '--show-dir', inputs, names, args.overwrite)
+
+
 @one_line_errors
 def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
-    if args.out and task == 'det':
-        check_output_file(args.out, [args.checkpoint, args.config], '--out')
-    elif args.out:
-        check_output_folder(args.out, '--out')
-    if args.show_dir:
-        check_output_folder(args.show_dir, '--show-dir')
+    check_outputs(cfg, task, args)
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'checkpoint not found: {args.checkpoint}')
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)

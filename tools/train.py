@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
+from contextlib import ExitStack
 
 import torch
 
-from backbones.checkpoint import fit_model_checkpoint
+from backbones.checkpoint import fit_model_checkpoint, fit_some_weights
 from backbones.checks.data import readable_data_errors
+from backbones.checks.outputs import check_work_dir, same_file
 from backbones.cli.main import add_runner_args, one_line_errors
 from backbones.config import default_work_dir, load_config
 from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime.amp import float32_mmcv_ops
 from backbones.runtime.hooks.atomic_checkpoints import latest_complete_checkpoint
 from backbones.runtime.prepare import build_runner
+from backbones.runtime.workdir import move_previous_run
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,7 +33,11 @@ def parse_args() -> argparse.Namespace:
                         help='scale the lr by the actual total batch size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or from the latest one in the '
-                        'work dir if no path is given')
+                        'work dir if no path is given (an error if there is none; '
+                        '--cfg-options resume=True is mmengine\'s "resume if possible")')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='start over in a work dir that holds the checkpoints of a run: '
+                        'they (and last_checkpoint) are moved to WORK_DIR/previous_<time>/')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='read the --resume checkpoint with pickle, which can run code '
                         'stored in it: only for files you trust (default: refuse any file '
@@ -49,20 +56,62 @@ def main() -> None:
             raise ConfigError(f'{args.config} has no auto_scale_lr.base_batch_size; add one '
                               'to use --auto-scale-lr')
         cfg.auto_scale_lr.enable = True
+    if args.resume is not None and args.overwrite:
+        raise ConfigError('--resume continues the run in the work dir, --overwrite starts over '
+                          'there: give one of them')
+    previous = check_work_dir(cfg.work_dir, resume=args.resume is not None or
+                              bool(cfg.get('resume')), overwrite=args.overwrite)
+    dump = osp.join(cfg.work_dir, osp.basename(args.config))
+    if same_file(dump, args.config):
+        raise ConfigError(f'config {args.config} lies in the work dir, where the run saves its '
+                          'copy of the config under the same name: move the config, or give '
+                          'another --work-dir')
     if args.resume == 'auto':
         # the newest complete checkpoint, even if a kill left last_checkpoint stale
-        cfg.resume, cfg.load_from = True, latest_complete_checkpoint(cfg.work_dir)
+        latest = latest_complete_checkpoint(cfg.work_dir)
+        if latest is None:
+            raise CheckpointError(f'--resume: nothing to resume in {cfg.work_dir} (no checkpoint '
+                                  'there): give the run\'s --work-dir or --resume PATH, or start '
+                                  'a new run without --resume')
+        cfg.resume, cfg.load_from = True, latest
     elif args.resume is not None:
         if not osp.isfile(args.resume):
             raise CheckpointError(f'--resume {args.resume}: no such checkpoint file (give a '
                                   'path, or --resume alone for the latest in the work dir)')
         cfg.resume, cfg.load_from = True, args.resume
-    trusted = [cfg.load_from] if args.trust_checkpoint and cfg.get('load_from') else []
-    runner = build_runner(cfg, args.launcher, ('train_dataloader', 'val_dataloader'), train=True,
-                          amp=args.amp, trusted_checkpoints=trusted)
-    if cfg.get('resume') and cfg.get('load_from'):  # one-line errors for a bad --resume
-        check_resumable(runner.model, cfg.load_from, trusted=bool(trusted))
-    with readable_data_errors(cfg), float32_mmcv_ops(args.amp and not torch.cuda.is_available()):
+    load_from = cfg.get('load_from')
+    if load_from and not cfg.get('resume') and '://' not in load_from \
+            and not osp.isfile(load_from):
+        raise CheckpointError(f'load_from {load_from}: checkpoint not found (fix the path, or '
+                              'drop load_from)')
+    trusted = [load_from] if args.trust_checkpoint and load_from else []
+    with ExitStack() as lock:  # the work dir's lock, held until training ends
+        runner = build_runner(cfg, args.launcher, ('train_dataloader', 'val_dataloader'),
+                              train=True, amp=args.amp, trusted_checkpoints=trusted, lock=lock)
+        if cfg.get('resume') and load_from:  # one-line errors for a bad --resume
+            check_resumable(runner.model, load_from, trusted=bool(trusted))
+        elif load_from:  # missing, empty, nothing fits, non-finite: one line, not mid-run
+            fit_some_weights(runner.model, load_from, trusted=bool(trusted))
+        if args.overwrite:
+            start_over(runner, previous)
+        train(runner, cfg, args.amp)
+
+
+def start_over(runner, previous: list[str]) -> None:
+    """``--overwrite``: the earlier run's checkpoints moved aside (after every check passed)."""
+    moved = move_previous_run(runner.work_dir, previous)
+    if not moved:
+        return
+    runner.logger.info(f'--overwrite: moved the previous run\'s checkpoints ({", ".join(previous)})'
+                       f' aside to {moved}/')
+    load_from = runner._load_from  # load_from naming a moved file follows it
+    if load_from and osp.basename(load_from) in previous and \
+            osp.abspath(osp.dirname(load_from)) == osp.abspath(runner.work_dir):
+        runner._load_from = osp.join(moved, osp.basename(load_from))
+
+
+def train(runner, cfg, amp: bool) -> None:
+    with readable_data_errors(cfg), float32_mmcv_ops(amp and not torch.cuda.is_available()):
         try:
             runner.train()
         except ValueError as e:

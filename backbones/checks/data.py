@@ -240,6 +240,40 @@ def _check_evaluator_files(cfg: Config, name: str) -> None:
                             f'copy with --cfg-options {key}.ann_file=PATH')
 
 
+def data_inputs(cfg: Config, loaders: Iterable[str]) -> list[str]:
+    """The files and folders the datasets of ``loaders`` read (image and label folders, data
+    roots, annotation files, evaluators' annotation files): what no output may replace."""
+    paths = []
+    for loader in loaders:
+        if not cfg.get(loader):
+            continue
+        for ds in dataset_dicts(cfg[loader].get('dataset')):
+            root = ds.get('data_root') or ''
+            folders = list(_prefix_folders(ds))
+            paths += folders or ([root] if root else [])
+            if ds.get('ann_file'):
+                paths.append(osp.join(root, ds['ann_file']))
+        evaluator = cfg.get(loader.replace('_dataloader', '_evaluator'))
+        for metric in evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]:
+            if isinstance(metric, Mapping) and isinstance(metric.get('ann_file'), str):
+                paths.append(metric['ann_file'])
+    return [p for p in paths if p and '://' not in p]
+
+
+def image_names(cfg: Config, loader: str) -> list[str]:
+    """The file names of the images of ``loader``'s datasets (a listing of their image folders,
+    recursive as mmseg lists them): the names the tools derive their outputs' names from."""
+    names = []
+    if cfg.get(loader):
+        for ds in dataset_dicts(cfg[loader].get('dataset')):
+            prefix = (ds.get('data_prefix') or {})
+            sub = prefix.get('img_path', prefix.get('img'))
+            folder = osp.join(ds.get('data_root') or '', sub) if isinstance(sub, str) else None
+            if folder and osp.isdir(folder):
+                names += [osp.relpath(p, folder) for p in image_files(folder, recursive=True)]
+    return names
+
+
 def image_files(folder: str, recursive: bool = False) -> list[str]:
     """The sorted paths of the image files (by suffix, any case) in ``folder``."""
     walk = os.walk(folder) if recursive else [(folder, None, os.listdir(folder))]

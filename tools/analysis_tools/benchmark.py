@@ -32,6 +32,7 @@ from machine import machine_info, peak_memory_mib
 from report import input_size, markdown_table
 from zoo import CALIB, CONFIGS, SIZES, TASK, TimmFeatures
 
+from backbones.checks.outputs import check_output_folder
 from backbones.cli.main import one_line_errors, parse_shape
 from backbones.deploy.fuse import fuse_inception_next
 from backbones.errors import ConfigError
@@ -72,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--gemm', type=int, default=4096, help='N of the N x N x N fp32 matrix product '
                    "timed as the machine's ceiling (default: %(default)s; 0: none)")
     p.add_argument('--out', default='work_dirs/benchmark', help='folder (default: %(default)s)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the results.* files of an earlier run in --out')
     return p.parse_args(argv)
+
+
+RESULT_FILES = ('results.json', 'results.csv', 'results.md')
 
 
 def _split(value: str, what: str, allowed: tuple = ()) -> list[str]:
@@ -260,6 +266,7 @@ def markdown(report: dict) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Build, measure and write everything the flags ask for; returns the report."""
     args = check_args(args)
+    check_output_folder(args.out, '--out', names=RESULT_FILES, overwrite=args.overwrite)
     report = dict(command=shlex.join(['python', 'tools/analysis_tools/benchmark.py',
                                       *sys.argv[1:]]),
                   machine=machine_info(args.device, args.gemm),

@@ -51,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--quantize', choices=['int8'], help='also write OUT with .int8.onnx: '
                         'ONNX Runtime static quantization (segmentors)')
     parser.add_argument('--calib-data', help='--quantize: folder of training images')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace OUT (and its .int8.onnx) if they exist (never an input)')
     parser.add_argument('--calib-num', type=int, default=32,
                         help='--quantize: calibration images (default: 32)')
     add_cfg_options(parser)
@@ -68,11 +70,16 @@ def parse_check_shape(text: str) -> tuple[int, int, int]:
     return batch, height, width
 
 
-def check_out_path(out: str, inputs: list[str]) -> None:
-    """Refuse a folder, one of the inputs, or a name that is not .onnx."""
-    check_output_file(out, inputs, 'OUT')
+def check_out_path(out: str, inputs: list[str], overwrite: bool = False,
+                   quantized: bool = False) -> None:
+    """Refuse a folder, one of the inputs, a name that is not .onnx, a place that cannot be
+    written and, without --overwrite, an existing file (OUT, and the .int8.onnx of --quantize)."""
+    check_output_file(out, inputs, 'OUT', overwrite=overwrite)
     if not out.endswith('.onnx'):
         raise UserError(f'{out}: the output file must end in .onnx')
+    if quantized:
+        check_output_file(out[:-len('.onnx')] + '.int8.onnx', inputs, 'the int8 file of OUT',
+                          overwrite=overwrite)
 
 
 def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32: str,
@@ -110,7 +117,8 @@ def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32
 @one_line_errors
 def main() -> None:
     args = parse_args()
-    check_out_path(args.out, [args.config, args.checkpoint])
+    check_out_path(args.out, [args.config, args.checkpoint, args.calib_data], args.overwrite,
+                   quantized=bool(args.quantize))
     shapes = [parse_check_shape(s) for s in args.check_shapes]
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
