@@ -93,16 +93,9 @@ def fit_model_checkpoint(model: nn.Module, path: str,
     every tensor of the model: a checkpoint of another model family can match the backbone's keys
     alone, and its heads would silently stay random.
     """
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    checkpoint = read_checkpoint(path, trusted)
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping) or not _has_tensors(state):
-        raise CheckpointError(f'{path} holds no state dict of tensors; expected a checkpoint '
-                              'saved by training this config (e.g. work_dirs/NAME/iter_N.pth)')
-    state = {_strip(k, 'module.'): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    own = model.state_dict()
+    checkpoint, state, own = _model_checkpoint(
+        model, path, trusted, f'{path} holds no state dict of tensors; expected a checkpoint '
+        'saved by training this config (e.g. work_dirs/NAME/iter_N.pth)')
     matched = check_fit(own, state, path, 'the model of the config',
                         'is it a checkpoint of this config (same arch and heads)?')
     missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
@@ -113,6 +106,22 @@ def fit_model_checkpoint(model: nn.Module, path: str,
                               f'e.g. {missing[0]}): is it a checkpoint of another model? Give '
                               'one saved by training this config')
     return checkpoint, {k: state[k] for k in matched}
+
+
+def _model_checkpoint(model: nn.Module, path: str, trusted: bool,
+                      no_tensors: str) -> tuple[dict, dict, dict]:
+    """``(checkpoint, its state dict's tensors, model's state dict)`` of a whole-model
+    checkpoint, ``module.`` prefixes stripped and wrappers and TTA models unwrapped; raises
+    ``CheckpointError(no_tensors)`` for a file without a state dict of tensors."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    checkpoint = read_checkpoint(path, trusted)
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not _has_tensors(state):
+        raise CheckpointError(no_tensors)
+    state = {_strip(k, 'module.'): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return checkpoint, state, model.state_dict()
 
 
 def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -> list[str]:
@@ -156,19 +165,12 @@ def fit_some_weights(model: nn.Module, path: str, what: str = 'load_from',
     """A checkpoint to start training from (``load_from``): it exists, holds tensors, at least
     one key fits the model (others, e.g. a head of another class count, may not: mmengine loads
     what fits) and every tensor that fits is finite. Returns the keys that fit."""
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
     if '://' not in path and not os.path.isfile(path):
         raise CheckpointError(f'{what} {path}: checkpoint not found (fix the path, or drop '
                               f'{what})')
-    checkpoint = read_checkpoint(path, trusted)
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping) or not _has_tensors(state):
-        raise CheckpointError(f'{what} {path} holds no state dict of tensors (an empty or '
-                              'non-checkpoint file); give a checkpoint of this model')
-    state = {_strip(k, 'module.'): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    own = model.state_dict()
+    _, state, own = _model_checkpoint(
+        model, path, trusted, f'{what} {path} holds no state dict of tensors (an empty or '
+        'non-checkpoint file); give a checkpoint of this model')
     matched = [k for k in state if k in own and state[k].shape == own[k].shape]
     if not matched:
         raise CheckpointError(f'{what} {path}: no key of it fits the model of the config (first '

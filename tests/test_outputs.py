@@ -44,6 +44,18 @@ def test_overwrite_moves_the_old_checkpoints_aside_and_trains(cfg, tmp_path):
     assert not (work / LOCK_FILE).exists()
 
 
+def test_overwrite_with_load_from_the_old_run_reads_it_where_it_was_moved(cfg, tmp_path):
+    """Starting over from the earlier run's own checkpoint: it is checked where it lies, moved
+    aside with the rest, and the new run loads it from there."""
+    work = tmp_path / 'work'
+    code, _, err = _train(cfg, work)
+    assert code == 0, err[-2000:]
+    code, out, err = _train(cfg, work, f'load_from={work}/iter_1.pth', '--overwrite')
+    assert code == 0, err[-2000:]
+    [previous] = work.glob('previous_*')
+    assert f'Load checkpoint from {previous}/iter_1.pth' in out + err
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen(['true'])
     proc.wait()

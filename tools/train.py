@@ -19,7 +19,7 @@ from backbones.errors import CheckpointError, ConfigError
 from backbones.runtime.amp import float32_mmcv_ops
 from backbones.runtime.hooks.atomic_checkpoints import latest_complete_checkpoint
 from backbones.runtime.prepare import build_runner
-from backbones.runtime.workdir import move_previous_run
+from backbones.runtime.workdir import move_previous_run, previous_run_folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,12 +79,16 @@ def main() -> None:
             raise CheckpointError(f'--resume {args.resume}: no such checkpoint file (give a '
                                   'path, or --resume alone for the latest in the work dir)')
         cfg.resume, cfg.load_from = True, args.resume
-    load_from = cfg.get('load_from')
+    load_from = cfg.get('load_from')  # where the file is during the checks
     if load_from and not cfg.get('resume') and '://' not in load_from \
             and not osp.isfile(load_from):
         raise CheckpointError(f'load_from {load_from}: checkpoint not found (fix the path, or '
                               'drop load_from)')
-    trusted = [load_from] if args.trust_checkpoint and load_from else []
+    aside = previous_run_folder(cfg.work_dir) if args.overwrite and previous else None
+    if aside and load_from and osp.basename(load_from) in previous and \
+            osp.abspath(osp.dirname(load_from)) == osp.abspath(cfg.work_dir):
+        cfg.load_from = osp.join(aside, osp.basename(load_from))  # where --overwrite moves it
+    trusted = [load_from, cfg.load_from] if args.trust_checkpoint and load_from else []
     with ExitStack() as lock:  # the work dir's lock, held until training ends
         runner = build_runner(cfg, args.launcher, ('train_dataloader', 'val_dataloader'),
                               train=True, amp=args.amp, trusted_checkpoints=trusted, lock=lock)
@@ -92,22 +96,10 @@ def main() -> None:
             check_resumable(runner.model, load_from, trusted=bool(trusted))
         elif load_from:  # missing, empty, nothing fits, non-finite: one line, not mid-run
             fit_some_weights(runner.model, load_from, trusted=bool(trusted))
-        if args.overwrite:
-            start_over(runner, previous)
+        if aside and move_previous_run(cfg.work_dir, previous, aside):  # every check passed
+            runner.logger.info(f'--overwrite: moved the previous run\'s checkpoints '
+                               f'({", ".join(previous)}) aside to {aside}/')
         train(runner, cfg, args.amp)
-
-
-def start_over(runner, previous: list[str]) -> None:
-    """``--overwrite``: the earlier run's checkpoints moved aside (after every check passed)."""
-    moved = move_previous_run(runner.work_dir, previous)
-    if not moved:
-        return
-    runner.logger.info(f'--overwrite: moved the previous run\'s checkpoints ({", ".join(previous)})'
-                       f' aside to {moved}/')
-    load_from = runner._load_from  # load_from naming a moved file follows it
-    if load_from and osp.basename(load_from) in previous and \
-            osp.abspath(osp.dirname(load_from)) == osp.abspath(runner.work_dir):
-        runner._load_from = osp.join(moved, osp.basename(load_from))
 
 
 def train(runner, cfg, amp: bool) -> None:

@@ -89,24 +89,26 @@ def work_dir_lock(work_dir: str) -> Iterator[str | None]:
             os.remove(path)
 
 
-def move_previous_run(work_dir: str, names: list[str]) -> str | None:
+def previous_run_folder(work_dir: str) -> str:
+    """A new name ``work_dir/previous_<timestamp>[_n]`` for ``--overwrite`` to move an earlier
+    run's checkpoints into (not created yet: nothing is written before every check passed)."""
+    stamp, n = time.strftime('%Y%m%d_%H%M%S'), 0
+    while osp.exists(dest := osp.join(work_dir, f'previous_{stamp}' + (f'_{n}' if n else ''))):
+        n += 1
+    return dest
+
+
+def move_previous_run(work_dir: str, names: list[str], dest: str) -> bool:
     """Move ``names`` (the checkpoints of an earlier run, ``last_checkpoint`` included) from
-    ``work_dir`` into a new ``work_dir/previous_<timestamp>/``; returns that folder (None if
-    nothing was there to move). Main process only."""
+    ``work_dir`` into the new folder ``dest``; False if nothing was there to move. Main process
+    only."""
     names = [n for n in names if osp.isfile(osp.join(work_dir, n))]
     if not names or not _is_main_process():
-        return None
-    stamp, n = time.strftime('%Y%m%d_%H%M%S'), 0
-    while True:
-        dest = osp.join(work_dir, f'previous_{stamp}' + (f'_{n}' if n else ''))
-        try:
-            os.makedirs(dest)
-            break
-        except FileExistsError:
-            n += 1
+        return False
+    os.makedirs(dest)
     for name in names:
         os.replace(osp.join(work_dir, name), osp.join(dest, name))
-    return dest
+    return True
 
 
 def claim_log_folder(work_dir: str) -> str | None:
