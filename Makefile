@@ -19,7 +19,7 @@ lint: setup
 	$(PY) -m ruff check backbones configs tools scripts tests
 
 test: setup lint
-	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: setup lint
 	$(PY) -m pytest tests -q -m "not slow"

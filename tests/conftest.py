@@ -31,6 +31,18 @@ def pytest_configure(config):
         os.environ['OMP_NUM_THREADS'] = str(threads)
 
 
+# The files of whole-minute end-to-end runs, longest first: `make test` gives each worker whole
+# files in collection order, so a long file collected last would leave the other worker idle.
+LONG_FILES_FIRST = ('test_bad_input.py', 'test_upstream_tools.py', 'test_demo.py',
+                    'test_faults.py', 'test_benchmark.py', 'test_distributed.py',
+                    'test_export.py', 'test_runner_e2e.py', 'test_guest.py')
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept inside
+
+
 def pytest_addoption(parser):
     parser.addoption('--device', default='cuda',
                      help='device of tests/test_cuda.py (default cuda: they skip without it)')

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 # what the project's run config adds to the README snippet: the demo data and a short schedule
 RUN_TAIL = {
     'mmseg': SEG_TAIL,
-    'mmdet': DET_TAIL + 'model = dict(test_cfg=dict(rcnn=dict(score_thr=0.0)))\n',
+    'mmdet': DET_TAIL + 'model = dict(test_cfg=dict(rcnn=dict(score_thr=0.0)))\n'
+             'train_cfg = dict(max_epochs=1, val_interval=10)  # test.py evaluates\n',
 }
 FIRST_CHECKPOINT = {'mmseg': 'iter_2.pth', 'mmdet': 'epoch_1.pth'}
 LONGER = {'mmseg': 'train_cfg.max_iters=3', 'mmdet': 'train_cfg.max_epochs=2'}
