@@ -3,8 +3,12 @@
 ``tools/test.py`` and ``tools/infer.py`` (``--backend onnxruntime``) build the segmentor from the
 config as usual and hand its network to the ``.onnx`` file: the data preprocessor, sliding windows,
 test-time augmentation, the resize to the original image and the arg-max stay mmseg's, so a
-metric computed this way measures the exported network and nothing else. A detector's features
-file does the same for its backbone + FPN; its RPN and RoI heads stay PyTorch's.
+metric computed this way measures the exported network and nothing else. A detector file
+(``--part detector``) computes the whole Mask R-CNN; mmdet's data preprocessor still loads and
+normalises, and the boxes and 28x28 masks come back into ``DetDataSample.pred_instances`` as
+mmdet's ``predict(rescale=True)`` makes them (its own mask pasting), so mmdet's metric and
+visualizer run unchanged. A detector's features file computes its backbone + FPN only; its RPN
+and RoI heads stay PyTorch's.
 """
 from __future__ import annotations
 
@@ -96,6 +100,10 @@ def _open_export(model: nn.Module, path: str, kind: str, threads: int | None) ->
         if not np.allclose(value, network.metadata.get(key, []), rtol=1e-6):
             raise CheckpointError(f'{path} was exported with {key}={network.metadata.get(key)} '
                                   f'but the config normalises with {value}')
+    swap = bool(getattr(preprocessor, 'channel_conversion', False))
+    if network.metadata.get('bgr_to_rgb', swap) != swap:
+        raise CheckpointError(f"{path} was exported with bgr_to_rgb={not swap} but the config's "
+                              f'data preprocessor has bgr_to_rgb={swap}')
     return network
 
 
@@ -144,4 +152,90 @@ def run_features_in_onnx_runtime(model: nn.Module, path: str,
                               'with this config')
     model.extract_feat = lambda inputs: tuple(network(inputs))
     model.backbone, model.neck = _InOnnxFile('backbone'), _InOnnxFile('neck')
+    return network
+
+
+def _detector_classes(model: nn.Module) -> int | None:
+    """The class count of an mmdet detector's (last) box head, if it has one."""
+    head = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
+    head = head[-1] if isinstance(head, nn.ModuleList) else head
+    return getattr(head, 'num_classes', None)
+
+
+def detections_to_instances(outputs: list[torch.Tensor], img_meta: dict, mask_thr: float,
+                            rescale: bool = True):
+    """A detector file's ``boxes, scores, labels, masks`` (batch 1, in the input's pixels) as
+    mmdet's ``predict`` returns them: padding rows (score <= 0) dropped, boxes clipped to
+    ``img_shape`` and divided by ``scale_factor`` (``rescale``), masks pasted into ``ori_shape``
+    (else the resized image's size) by mmdet's ``_do_paste_mask`` and thresholded at
+    ``mask_thr`` (``test_cfg.rcnn.mask_thr_binary``) as its FCNMaskHead does on a CPU.
+
+    Returns an ``InstanceData`` with ``bboxes``, ``scores``, ``labels`` and ``masks``.
+    """
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+    from mmdet.models.utils import empty_instances
+    from mmengine.structures import InstanceData
+    boxes, scores, labels, masks = (o[0] for o in outputs)
+    keep = scores > 0
+    boxes, scores, labels, masks = boxes[keep].float(), scores[keep], labels[keep], masks[keep]
+    results = InstanceData(bboxes=boxes, scores=scores, labels=labels.long())
+    if len(boxes) == 0:
+        return empty_instances([img_meta], boxes.device, task_type='mask',
+                               instance_results=[results], mask_thr_binary=mask_thr)[0]
+    img_h, img_w = img_meta['img_shape'][:2]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img_w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, img_h)
+    scale = boxes.new_tensor(img_meta['scale_factor']).repeat((1, 2))
+    out_h, out_w = img_meta['ori_shape'][:2]
+    if rescale:
+        boxes /= scale
+    else:
+        out_h, out_w = (int(np.round(n * s)) for n, s in zip((out_h, out_w),
+                                                             (scale[0, 1], scale[0, 0])))
+    pasted = torch.zeros(len(boxes), out_h, out_w, dtype=torch.bool if mask_thr >= 0
+                         else torch.uint8, device=boxes.device)
+    for i in range(len(boxes)):  # one by one with skip_empty, mmdet's fastest way on CPUs
+        chunk, where = _do_paste_mask(masks[i:i + 1, None].float(), boxes[i:i + 1], out_h, out_w,
+                                      skip_empty=boxes.device.type == 'cpu')
+        pasted[(slice(i, i + 1), *where)] = (chunk >= mask_thr if mask_thr >= 0
+                                             else (chunk * 255).to(torch.uint8))
+    results.bboxes, results.masks = boxes, pasted
+    return results
+
+
+def run_detector_in_onnx_runtime(model: nn.Module, path: str,
+                                 threads: int | None = None) -> OnnxNetwork:
+    """Let ``model`` (an mmdet Mask R-CNN built from the config, or a wrapper of one) predict with
+    the whole-detector export ``path``: its data preprocessor still loads and normalises, each
+    image goes to the file unpadded (cropped to its ``img_shape``, one per call) and the file's
+    outputs become ``pred_instances`` (``detections_to_instances``).
+
+    The file must be a detector export whose normalisation and class count match the config;
+    otherwise ``CheckpointError``. The backbone, neck and heads are dropped.
+    """
+    model = _unwrap(model)
+    classes = _detector_classes(model)
+    if not hasattr(model, 'extract_feat') or classes is None:
+        raise CheckpointError(f'{path}: the config builds {type(model).__name__}, not an mmdet '
+                              'two-stage detector; a detector export needs one')
+    network = _open_export(model, path, 'detector', threads)
+    if network.metadata.get('num_classes') != classes:
+        raise CheckpointError(f"{path} predicts {network.metadata.get('num_classes')} classes "
+                              f"but the config's box head {classes}; export with this config")
+    rcnn_cfg = model.test_cfg.rcnn
+    mask_thr = float(rcnn_cfg.get('mask_thr_binary', 0.5))
+
+    def predict(batch_inputs: torch.Tensor, batch_data_samples: list, rescale: bool = True
+                ) -> list:
+        for image, sample in zip(batch_inputs, batch_data_samples):
+            height, width = sample.metainfo['img_shape'][:2]
+            outputs = network(image[None, :, :height, :width])
+            sample.pred_instances = detections_to_instances(outputs, sample.metainfo, mask_thr,
+                                                            rescale)
+        return batch_data_samples
+
+    model.predict = predict
+    for name in ('backbone', 'neck', 'rpn_head', 'roi_head'):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, _InOnnxFile(name))
     return network
