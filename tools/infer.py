@@ -1,7 +1,7 @@
 """Run a trained detector or segmentor on images and save the painted predictions as PNG files.
 
     python tools/infer.py CONFIG CHECKPOINT demo.jpg images/ [--out-dir DIR] [--deploy]
-    python tools/infer.py SEG_CONFIG MODEL.onnx demo.jpg --backend onnxruntime
+    python tools/infer.py CONFIG MODEL.onnx demo.jpg --backend onnxruntime
 """
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--deploy', action='store_true', help='fold BatchNorms and layer scales '
                         'of the InceptionNeXt backbone for faster inference (same outputs)')
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
-                        help='onnxruntime: CHECKPOINT is a segmentor .onnx file written by '
-                        'tools/deployment/export.py, which computes the network (CPU)')
+                        help='onnxruntime: CHECKPOINT is an .onnx file written by '
+                        'tools/deployment/export.py (a segmentor, or a whole detector: --part '
+                        'detector), which computes the network (CPU)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detectors: draw boxes and masks scoring at least this')
     parser.add_argument('--trust-checkpoint', action='store_true',
@@ -147,8 +148,10 @@ def main() -> None:
         if args.deploy or device != 'cpu':
             raise ConfigError('--backend onnxruntime runs on the CPU, as exported: drop --deploy '
                               'and --device')
-        from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime
-        network = run_segmentor_in_onnx_runtime(model, args.checkpoint)
+        from backbones.deploy import onnx_runtime
+        run = (onnx_runtime.run_segmentor_in_onnx_runtime if task == 'seg'
+               else onnx_runtime.run_detector_in_onnx_runtime)
+        network = run(model, args.checkpoint)
         checkpoint = {'meta': network.metadata}
     else:
         checkpoint, state = fit_model_checkpoint(model, args.checkpoint,

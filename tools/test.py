@@ -1,7 +1,7 @@
 """Evaluate a trained detector or segmentor (the upstream tools/test.py flags).
 
     python tools/test.py CONFIG CHECKPOINT [--tta] [--out PATH] [--show-dir DIR] [--deploy]
-    python tools/test.py SEG_CONFIG MODEL.onnx --backend onnxruntime  # from deployment/export.py
+    python tools/test.py CONFIG MODEL.onnx --backend onnxruntime  # from deployment/export.py
 """
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def parse_args() -> argparse.Namespace:
                         'for files you trust (default: refuse any file that holds more than '
                         'tensors and plain types)')
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
-                        help='onnxruntime: CHECKPOINT is a segmentor .onnx file written by '
-                        'tools/deployment/export.py, which computes the network (default: pytorch)')
+                        help='onnxruntime: CHECKPOINT is an .onnx file written by '
+                        'tools/deployment/export.py (a segmentor, or a whole detector: --part '
+                        'detector), which computes the network (default: pytorch)')
     add_runner_args(parser)
     return parser.parse_args()
 
@@ -117,8 +118,10 @@ def main() -> None:
     runner = build_runner(cfg, args.launcher, ('test_dataloader',), train=False,
                           trusted_checkpoints=[args.checkpoint] if args.trust_checkpoint else [])
     if onnx:
-        from backbones.deploy.onnx_runtime import run_segmentor_in_onnx_runtime
-        run_segmentor_in_onnx_runtime(runner.model, args.checkpoint)
+        from backbones.deploy import onnx_runtime
+        run = (onnx_runtime.run_segmentor_in_onnx_runtime if task == 'seg'
+               else onnx_runtime.run_detector_in_onnx_runtime)
+        run(runner.model, args.checkpoint)
     else:  # one-line errors, not a silent misfit
         fit_model_checkpoint(runner.model, args.checkpoint, trusted=args.trust_checkpoint)
     with readable_data_errors(cfg), amp.float32_mmcv_ops(args.amp), \
