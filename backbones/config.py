@@ -12,7 +12,7 @@ from .checks.data import LOADERS
 from .checks.model import check_backbone
 from .checks.outputs import check_output_folder
 from .checks.overrides import check_overrides
-from .errors import ConfigError, first_line
+from .errors import ConfigError, first_line, note_run
 
 
 def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
@@ -65,10 +65,11 @@ def _fit_worker_settings(cfg: Config) -> None:
 
 def default_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> str:
     """``--work-dir``, else the config's ``work_dir``, else ``work_dirs/<config name>``; refused
-    if it is an existing file."""
+    if it is an existing file. Noted as where a crash report of the tools goes."""
     path = (work_dir or cfg.get('work_dir')
             or osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0]))
     check_output_folder(path, 'work dir')
+    note_run(path, cfg)
     return path
 
 

@@ -47,3 +47,22 @@ class TrainingStopped(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+_RUN: dict[str, object] = {}
+
+
+def note_run(work_dir: str, config: object | None = None) -> None:
+    """Remember the work dir (and the mmengine ``Config``) of this process's run: the tools write
+    a crash report there, holding the config."""
+    _RUN.update(work_dir=work_dir, config=config)
+
+
+def noted_run() -> dict[str, object]:
+    """What ``note_run`` remembered (empty before a tool knows its work dir)."""
+    return dict(_RUN)
+
+
+def forget_run() -> None:
+    """Forget the noted run: a tool starts without one (tests run several in one process)."""
+    _RUN.clear()

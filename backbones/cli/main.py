@@ -1,18 +1,23 @@
-"""The tools' entry-point wrapper: bad input (a full disk included) ends with one ``error:`` line
-and exit status 2; the stack's known deprecation notices stay off the console
-(``runtime/quiet.py``). A training stopped by SIGTERM/SIGINT ends as ``SafeRunHook`` ends it, in
-any process: one ``stopped by`` line and the shell's status for the signal (143, 130)."""
+"""The tools' entry-point wrapper: bad input and the machine's limits (files the operating system
+refuses, a full disk, memory) end with one ``error:`` line and exit status 2, a defect with one
+line, a crash report and exit status 1 (``failures.py``); the stack's known deprecation notices
+stay off the console (``runtime/quiet.py``). A training stopped by SIGTERM/SIGINT ends as
+``SafeRunHook`` ends it, in any process: one ``stopped by`` line and the shell's status for the
+signal (143, 130)."""
 from __future__ import annotations
 
 import functools
 import os
 import sys
+import traceback
 from argparse import ArgumentParser
 from collections.abc import Callable, Sequence
 
-from ..errors import ConfigError, UserError, first_line
-from ..files import disk_full_message, is_disk_full
+from ..errors import ConfigError, forget_run
 from ..runtime.quiet import stack_warnings_hidden
+from .failures import BAD_INPUT, DEFECT, explain, headline, write_crash_report
+
+INTERRUPTED = 130  # the shell's status for SIGINT
 
 
 def add_cfg_options(parser: ArgumentParser) -> None:
@@ -43,30 +48,33 @@ def parse_shape(shape: Sequence[int] | None, default: tuple[int, int]) -> tuple[
 
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
-    """Run ``main`` with the stack's known warnings hidden; bad input ends with ``error: ...``
-    on stderr and exit status 2."""
+    """Run ``main`` with the stack's known warnings hidden. Every exception ends in one line on
+    stderr (``failures.py`` has the table): bad input and the machine's limits ``error: ...``
+    and exit status 2; a defect ``error: internal error: ...`` with the path of its crash report
+    and exit status 1; Ctrl-C 130. ``SystemExit`` (``TrainingStopped`` too) passes unchanged."""
 
     @functools.wraps(main)
     def wrapper() -> None:
+        forget_run()
         try:
             with stack_warnings_hidden():
                 main()
-        except UserError as e:
-            _fail(str(e))
-        except OSError as e:  # a full disk outside the checkpoint writer (logs, results)
-            if not is_disk_full(e):
-                raise
-            _fail(disk_full_message(e, e.filename) if e.filename else
-                  f'no space left on the device: {first_line(e)}')
-        except TypeError as e:
-            if 'unexpected keyword argument' not in str(e):
-                raise
-            _fail(f'config error: {first_line(e)} (check the keys of the config and '
-                  f'of --cfg-options)')
-        except KeyError as e:
-            if 'is not in the' not in str(e) or 'registry' not in str(e):
-                raise
-            _fail(f'config error: {str(e).strip(chr(34)).splitlines()[0]}')
+        except KeyboardInterrupt:  # outside training (SafeRunHook stops that at an iteration)
+            _say('stopped by SIGINT (Ctrl-C)')
+            sys.exit(INTERRUPTED)
+        except Exception as e:
+            line = explain(e)
+            if line is not None:
+                _fail(line)
+            report = write_crash_report(e)
+            where = f'crash report: {report}' if report else 'no crash report could be written'
+            _say(f'error: internal error: {headline(e)}; {where} (please include it in a bug '
+                 f'report)')
+            if report is None and os.environ.get('RANK', '0') == '0':
+                traceback.print_exception(e)
+            sys.exit(DEFECT)
+        finally:
+            forget_run()
 
     return wrapper
 
@@ -78,4 +86,4 @@ def _say(line: str) -> None:
 
 def _fail(message: str) -> None:
     _say(f'error: {message}')
-    sys.exit(2)
+    sys.exit(BAD_INPUT)
