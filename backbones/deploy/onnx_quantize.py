@@ -1,7 +1,8 @@
-"""Static int8 quantization of an exported segmentor with ONNX Runtime.
+"""Static int8 quantization of an exported segmentor or detector with ONNX Runtime.
 
 The activation ranges come from real images passed through the config's own test pipeline and
-data preprocessor, so calibration sees exactly what evaluation will feed the file.
+data preprocessor, so calibration sees exactly what evaluation will feed the file (a detector's
+unpadded, as ``onnx_runtime.run_detector_in_onnx_runtime`` feeds it).
 """
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ def calibration_images(folder: str, num: int) -> list[str]:
     return [files[i] for i in dict.fromkeys(picks)]
 
 
-def calibration_inputs(cfg: Config, data_preprocessor: nn.Module,
-                       images: list[str]) -> list[np.ndarray]:
+def calibration_inputs(cfg: Config, data_preprocessor: nn.Module, images: list[str],
+                       unpadded: bool = False) -> list[np.ndarray]:
     """Each image through the config's test pipeline (without annotations) and the model's data
-    preprocessor: normalised 1x3xHxW float32 arrays, as the exported file takes them."""
+    preprocessor: normalised 1x3xHxW float32 arrays, as the exported file takes them;
+    ``unpadded``: cropped back to the resized image (``img_shape``), as a detector file takes
+    them (it pads itself)."""
     from mmengine.dataset import Compose
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmseg'))
@@ -50,7 +53,8 @@ def calibration_inputs(cfg: Config, data_preprocessor: nn.Module,
         with torch.no_grad():
             batch = data_preprocessor(dict(inputs=[data['inputs']],
                                            data_samples=[data['data_samples']]), False)
-        arrays.append(batch['inputs'].float().numpy())
+        height, width = data['data_samples'].metainfo['img_shape'][:2] if unpadded else (None,) * 2
+        arrays.append(np.ascontiguousarray(batch['inputs'][..., :height, :width].float().numpy()))
     return arrays
 
 
@@ -66,13 +70,19 @@ def random_calibration_inputs(data_preprocessor: nn.Module | None, shape: tuple[
                  else (i[None] - 127.5) / 64).float().cpu().numpy() for i in images]
 
 
-def quantize_int8(fp32_path: str, int8_path: str, inputs: list[np.ndarray]) -> None:
-    """Write ``int8_path``: the convolutions of ``fp32_path`` with int8 weights (per output
-    channel) and int8 inputs (QDQ format, min/max ranges over ``inputs``).
+# The ops given int8 weights and inputs, per kind of file. Segmentors: only convolutions, which
+# hold nearly all of the arithmetic; the norms, GELUs, resizes and additions between them stay
+# float32 (less rounding, and none of them is a matmul). Detectors: also the box head's fully
+# connected layers (MatMul/Gemm: at 1000 proposals its first layer costs as much as the
+# backbone); NMS, RoIAlign, TopK and the box decoding stay float32.
+QUANTIZED_OPS = {'segmentor': ('Conv',), 'features': ('Conv',), 'backbone': ('Conv',),
+                 'detector': ('Conv', 'MatMul', 'Gemm')}
 
-    Only convolutions, which hold nearly all of the arithmetic; the norms, GELUs, resizes and
-    additions between them stay float32 (less rounding, and none of them is a matmul).
-    """
+
+def quantize_int8(fp32_path: str, int8_path: str, inputs: list[np.ndarray],
+                  op_types: tuple[str, ...] = ('Conv',)) -> None:
+    """Write ``int8_path``: the ``op_types`` ops of ``fp32_path`` (``QUANTIZED_OPS``) with int8
+    weights (per output channel) and int8 inputs (QDQ format, min/max ranges over ``inputs``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -96,4 +106,29 @@ def quantize_int8(fp32_path: str, int8_path: str, inputs: list[np.ndarray]) -> N
         quantize_static(prepared, int8_path, Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        op_types_to_quantize=['Conv'])
+                        op_types_to_quantize=list(op_types))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clip(0, None).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+def matched_detections(reference, candidate, inputs: list[np.ndarray], score_thr: float = 0.3,
+                       iou_thr: float = 0.5) -> tuple[int, int]:
+    """How many of ``reference``'s detections scoring >= ``score_thr`` ``candidate`` finds again
+    (two ONNX Runtime sessions of detector files): a detection of the same label, IoU >=
+    ``iou_thr``, scoring >= ``score_thr`` / 2. Returns (found, total) over ``inputs``."""
+    found = total = 0
+    for image in inputs:
+        (boxes, scores, labels, _), (cboxes, cscores, clabels, _) = (
+            s.run(None, {'image': image}) for s in (reference, candidate))
+        keep, ckeep = scores[0] >= score_thr, cscores[0] >= score_thr / 2
+        iou = _iou(boxes[0][keep], cboxes[0][ckeep])
+        same = labels[0][keep][:, None] == clabels[0][ckeep][None]
+        found += int(((iou >= iou_thr) & same).any(1).sum())
+        total += int(keep.sum())
+    return found, total

@@ -84,20 +84,36 @@ def check_out_path(out: str, inputs: list[str], overwrite: bool = False,
 
 def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32: str,
              ref: torch.nn.Module, shapes: list[tuple[int, int, int]]) -> str:
-    """Write and try the int8 file; report how far it is from PyTorch (no tolerance: int8 is
-    judged by its metric, tools/test.py --backend onnxruntime)."""
+    """Write and try the int8 file; report how far it is from PyTorch (a segmentor: arg-max
+    agreement on random inputs) or from the fp32 file (a detector: its detections found again
+    on the calibration images). No tolerance: int8 is judged by its metric, tools/test.py
+    --backend onnxruntime."""
     import onnxruntime as ort
 
-    from backbones.deploy.onnx_quantize import calibration_images, calibration_inputs, quantize_int8
+    from backbones.deploy.onnx_export import read_metadata
+    from backbones.deploy.onnx_quantize import (
+        QUANTIZED_OPS,
+        calibration_images,
+        calibration_inputs,
+        matched_detections,
+        quantize_int8,
+    )
+    float_session = ort.InferenceSession(fp32, providers=['CPUExecutionProvider'])
+    kind = read_metadata(float_session).get('kind')
     images = calibration_images(args.calib_data, args.calib_num)
-    inputs = calibration_inputs(cfg, model.data_preprocessor, images)
+    inputs = calibration_inputs(cfg, model.data_preprocessor, images,
+                                unpadded=kind == 'detector')
     int8 = fp32[:-len('.onnx')] + '.int8.onnx'
     tmp = int8 + '.tmp'
     try:
-        quantize_int8(fp32, tmp, inputs)
+        quantize_int8(fp32, tmp, inputs, QUANTIZED_OPS[kind])
         session = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
+        if kind == 'detector':
+            found, total = matched_detections(float_session, session, inputs[:8])
+            print(f'int8 vs fp32 file on {min(len(inputs), 8)} calibration images: {found} of '
+                  f'{total} detections scoring >= 0.3 found again (same label, IoU >= 0.5)')
         generator = torch.Generator().manual_seed(0)
-        for batch, height, width in shapes:
+        for batch, height, width in shapes if kind != 'detector' else ():
             image = torch.randn(batch, 3, height, width, generator=generator)
             out = session.run(None, {'image': image.numpy()})[0]
             with torch.no_grad():
@@ -126,8 +142,9 @@ def main() -> None:
     if kind == 'segmentor' and task != 'seg' or kind == 'features' and task != 'det':
         raise ConfigError(f'--part {kind} needs an {"mmseg" if kind == "segmentor" else "mmdet"} '
                           f'config; {args.config} is an {cfg.default_scope} one')
-    if args.quantize and (kind != 'segmentor' or not args.calib_data):
-        raise ConfigError('--quantize int8 quantizes segmentors and needs --calib-data DIR')
+    if args.quantize and (kind not in ('segmentor', 'detector') or not args.calib_data):
+        raise ConfigError('--quantize int8 quantizes segmentors and whole detectors and needs '
+                          '--calib-data DIR')
     model = build_model(cfg)
     checkpoint = None
     if kind == 'backbone':
