@@ -124,8 +124,11 @@ def test_demo_uses_a_local_imagenet_checkpoint(tmp_path, demo_root, monkeypatch)
     torch.save(timm.create_model('inception_next_tiny').state_dict(),
                hub / 'inceptionnext_tiny.pth')
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    work_dir, out = run_demo(tmp_path, demo_root, 'seg', 'train_cfg.max_iters=2',
-                             'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2')
+    work_dir, out = run_demo(tmp_path, demo_root, 'seg', 'train_cfg.max_iters=1',
+                             'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
+                             'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2',
+                             'val_dataloader.dataset.indices=2',
+                             'test_dataloader.dataset.indices=2')
     assert f'[demo] using the ImageNet checkpoint {hub / "inceptionnext_tiny.pth"}' in out
     log = next(work_dir.glob('*/*.log')).read_text()
     assert f'InceptionNeXt: loaded 316 tensors from {hub / "inceptionnext_tiny.pth"}' in log
