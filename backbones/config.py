@@ -12,11 +12,13 @@ from .checks.data import LOADERS
 from .checks.model import check_backbone
 from .checks.outputs import check_output_folder
 from .checks.overrides import check_overrides
+from .checks.values import check_config_values
 from .errors import ConfigError, first_line, note_run
 
 
 def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
-    """Load a config file and apply checked ``--cfg-options``."""
+    """Load a config file, apply checked ``--cfg-options`` and check the merged values against
+    their domains (``checks/values.py``) and the backbone's arguments."""
     if not osp.isfile(path):
         raise ConfigError(f'config file not found: {path} (configs live under configs/, e.g. '
                           f'configs/upernet_inceptionnext_t_ade20k.py)')
@@ -40,6 +42,7 @@ def load_config(path: str, cfg_options: Mapping | None = None) -> Config:
         cfg.merge_from_dict(cfg_options)
         _vis_backends_by_name(cfg)
     _fit_worker_settings(cfg)
+    check_config_values(cfg)
     check_backbone(cfg)
     return cfg
 

@@ -370,7 +370,7 @@ NOTHING_LOST = [
     pytest.param('train.py', lambda ctx: [*_train(ctx), '--resume', '--overwrite'],
                  ['--resume continues', '--overwrite starts over'], id='--resume with --overwrite'),
     pytest.param('train.py', lambda ctx: _load_from(ctx, lambda c: str(c.tmp / 'nope.pth')),
-                 ['load_from {path}: checkpoint not found'], id='load_from missing'),
+                 ["load_from='{path}': expected an existing file"], id='load_from missing'),
     pytest.param('train.py', lambda ctx: _load_from(ctx, _non_finite_model_file),
                  ['{path} holds non-finite values (NaN or inf) in 1 tensors',
                   'backbone.stem.0.weight'],
@@ -547,9 +547,10 @@ CASES = [
                    id=f'argument typo: {override}')
       for override, key, typo, meant in TYPOS],
     pytest.param('train.py', lambda ctx: _train(ctx, 'optim_wrapper.optimizer.lr=-1'),
-                 ['optim_wrapper.optimizer', 'Invalid learning rate: -1'], id='negative lr'),
+                 ['optim_wrapper.optimizer.lr=-1: expected a finite number > 0'],
+                 id='negative lr'),
     pytest.param('train.py', lambda ctx: _train(ctx, 'train_dataloader.batch_size=0'),
-                 ['train_dataloader.batch_size is 0', '>= 1'], id='batch size 0'),
+                 ['train_dataloader.batch_size=0: expected an integer >= 1'], id='batch size 0'),
     pytest.param('train.py', _empty_config, ['config {cfg} defines no model'],
                  id='empty config file'),
     # checkpoints that fit only partly, or hold the wrong kind of state

@@ -26,8 +26,9 @@ _NOT_FOR_THE_CLASS = {'optim_wrapper': {'constructor', 'paramwise_cfg'}}
 
 def check_constructors(cfg: Config, train: bool) -> None:
     """Raise ``ConfigError`` (one line, naming the config key) for an argument that no
-    constructor on its path accepts, a dataloader ``batch_size`` below 1, or an optimizer that
-    torch refuses. ``train``: also the training-only parts (optimizer, schedulers, hooks)."""
+    constructor on its path accepts, or an optimizer that torch refuses (values are checked
+    against their domains when the config is loaded: ``checks/values.py``). ``train``: also
+    the training-only parts (optimizer, schedulers, hooks)."""
     from mmengine.registry import (
         DATASETS,
         HOOKS,
@@ -44,11 +45,6 @@ def check_constructors(cfg: Config, train: bool) -> None:
         checks += [(HOOKS, key, item) for key, item in _items(cfg, 'default_hooks', 'custom_hooks')]
         checks += [(PARAM_SCHEDULERS, key, item) for key, item in _items(cfg, 'param_scheduler')]
         checks.append((OPTIM_WRAPPERS, 'optim_wrapper', cfg.get('optim_wrapper')))
-    for name in LOADERS:
-        loader = cfg.get(name)
-        size = loader.get('batch_size') if isinstance(loader, Mapping) else None
-        if size is not None and (not isinstance(size, int) or size < 1):
-            raise ConfigError(f'{name}.batch_size is {size!r}; it must be a whole number >= 1')
     for registry, key, item in checks:
         if isinstance(item, Mapping) and 'type' in item:
             with registry.switch_scope_and_registry(scope) as scoped:
