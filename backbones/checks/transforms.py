@@ -78,7 +78,9 @@ def _check_label_file(label: str, image: str, size: tuple[int, int]) -> None:
         with Image.open(label) as lab:
             mode, lab_size = lab.mode, lab.size
             wide = np.asarray(lab) if mode in _WIDE and lab_size == size else None
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # the operating system refused the file: its words (backbones/cli/failures.py)
         raise DataError(f'{label} is not a readable image: replace it or remove it from the '
                         f'dataset') from None
     if lab_size != size:

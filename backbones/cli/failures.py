@@ -26,7 +26,7 @@ from ..files import disk_full_message, is_disk_full, write_atomic
 
 BAD_INPUT, DEFECT = 2, 1
 FALLBACK_REPORT_DIR = osp.join('work_dirs', 'crash_reports')  # under the current folder
-VERSIONS_OF = ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmseg', 'mmpretrain',
+VERSIONS_OF = ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain',
                'timm', 'numpy', 'onnx', 'onnxruntime')
 
 _PERMISSION = 'check its permissions and owner, or use a path this user may use'
@@ -74,8 +74,8 @@ _WORKER = re.compile(r'Caught (\w+) in DataLoader worker process \d+')
 _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] (.*?)(?:: '(.*?)')?(?: -> '(.*)')?")
 _PIL_PATH = re.compile(r"cannot identify image file '(.*)'")
 _SIZES = (re.compile(r'you tried to allocate (\d+) bytes'),
-          re.compile(r'[Tt]ried to allocate ([\d.]+ ?[KMGTP]?i?B)'),
-          re.compile(r'Unable to allocate ([\d.]+ ?[KMGTP]?i?B)'))
+          re.compile(r'[Tt]ried to allocate ([\d.]+ ?[KMGTPE]?i?B)'),
+          re.compile(r'Unable to allocate ([\d.]+ ?[KMGTPE]?i?B)'))
 _KILLED_WORKER = re.compile(r'DataLoader worker \(pids? ?([\d, ]+)\) is killed by signal: Killed')
 
 
@@ -95,9 +95,13 @@ def worker_error(error: BaseException) -> tuple[str, str] | None:
     match = _WORKER.match(text)
     if not match:
         return None
-    last = text.splitlines()[-1]
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    after = lines[frames[-1] + 1:] if frames else lines[-1:]
+    last = '\n'.join(after[next((i for i, line in enumerate(after) if not line.startswith(' ')),
+                                 len(after) - 1):])  # the error's line(s), below its last frame
     name, sep, message = last.partition(': ')
-    if not sep or ' ' in name:  # a last line that is no ``Type: message``
+    if not sep or ' ' in name:  # no ``Type: message``
         return match[1], last
     return name.rpartition('.')[2], message
 
@@ -196,8 +200,8 @@ def config_type_error(e: BaseException) -> str | None:
 
 def registry_key_error(e: BaseException) -> str | None:
     """A ``type=`` no registry knows."""
-    text = str(e)
-    if isinstance(e, KeyError) and 'is not in the' in text and 'registry' in text:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else ''
+    if 'is not in the' in text and 'registry' in text:
         return f'config error: {text.strip(chr(34)).splitlines()[0]}'
     return None
 
