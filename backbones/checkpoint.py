@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -149,10 +149,12 @@ def check_fit(own: Mapping, state: Mapping, path: str, target: str, hint: str) -
     return matched
 
 
-def check_finite(state: Mapping, keys: list[str], path: str) -> None:
-    """Raise if a floating-point tensor of ``state[keys]`` holds NaN or inf (a diverged run's
-    checkpoint)."""
-    bad = [k for k in keys if isinstance(state[k], torch.Tensor) and state[k].is_floating_point()
+def check_finite(state: Mapping, keys: Iterable[str] | None, path: str) -> None:
+    """Raise if a floating-point tensor of ``state[keys]`` (every key when None) holds NaN or
+    inf (a diverged run's checkpoint): the one check of every checkpoint a tool reads, test,
+    infer, export, convert and training's pretrained, ``load_from`` and ``--resume`` files."""
+    bad = [k for k in (state if keys is None else keys)
+           if isinstance(state[k], torch.Tensor) and state[k].is_floating_point()
            and not bool(torch.isfinite(state[k]).all())]
     if bad:
         raise CheckpointError(f'{path} holds non-finite values (NaN or inf) in {len(bad)} tensors, '

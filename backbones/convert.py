@@ -26,7 +26,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .checkpoint import HEAD_PREFIX, blocks_per_stage, extract_state_dict, read_checkpoint
+from .checkpoint import (
+    HEAD_PREFIX,
+    blocks_per_stage,
+    check_finite,
+    extract_state_dict,
+    read_checkpoint,
+)
 from .checks.outputs import check_output_file
 from .cli.main import one_line_errors
 from .errors import CheckpointError, ConfigError
@@ -165,6 +171,7 @@ def convert(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
             raise CheckpointError(f'{args.src} has no state_dict of a trained model; '
                                   '--mode release needs an mmengine checkpoint')
         release = release_checkpoint(checkpoint)
+        check_finite(release['state_dict'], None, args.src)
         dropped = sorted(k for k in checkpoint if k not in ('state_dict', 'meta'))
         final = save_release(release, args.dst)
         print(f'release: {len(release["state_dict"])} tensors, meta keys '
@@ -173,6 +180,7 @@ def convert(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         return
     check_output_file(args.dst, [args.src], 'DST', overwrite=args.overwrite)
     state, arch = backbone_state(checkpoint, args.src, args.arch)
+    check_finite(state, None, args.src)
     final = save_backbone(state, args.dst)
     n = sum(v.numel() for v in state.values() if v.is_floating_point()) / 1e6
     print(f'backbone: InceptionNeXt-{arch}, {len(state)} tensors ({n:.2f} M values), '

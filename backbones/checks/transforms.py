@@ -6,10 +6,11 @@ mmseg's and mmdet's pipelines); ``import backbones`` does not import it. The too
 ``custom_imports=dict(imports=['backbones', 'backbones.checks.transforms'])`` and the two steps
 in its pipelines:
 
-- ``CheckImage`` right after ``LoadImageFromFile``: the image is at least ``min_size`` pixels a
-  side; a COCO image has the size its annotation file gives; a label map (read up to its header,
-  not decoded) has the image's size and one channel, and a 16-bit one holds no value above 255
-  (mmseg reads label maps as ``uint8``: 300 would silently become class 44).
+- ``CheckImage`` right after ``LoadImageFromFile``: a float image holds no NaN or inf; the
+  image is at least ``min_size`` pixels a side; a COCO image has the size its annotation file
+  gives; a label map (read up to its header, not decoded) has the image's size and one channel,
+  and a 16-bit one holds no value above 255 (mmseg reads label maps as ``uint8``: 300 would
+  silently become class 44).
 - ``CheckSegLabels`` right after mmseg's ``LoadAnnotations``: every value is a class of the
   dataset or the ignore index 255, and the first label maps read are not all entirely ignored.
 
@@ -50,6 +51,7 @@ class CheckImage(BaseTransform):
 
     def transform(self, results: dict) -> dict:
         path = results['img_path']
+        check_finite_pixels(results['img'], path)
         h, w = results['img'].shape[:2]
         if min(h, w) < self.min_size:
             raise DataError(f'{path} is {w}x{h} pixels, smaller than the {self.min_size}x'
@@ -65,6 +67,16 @@ class CheckImage(BaseTransform):
         if results.get('seg_map_path'):
             _check_label_file(results['seg_map_path'], path, (w, h))
         return results
+
+
+def check_finite_pixels(image: np.ndarray, path: str) -> None:
+    """Refuse a floating-point image holding NaN or inf: a float TIFF read unchanged
+    (``LoadImageFromFile(color_type='unchanged')``) reaches the model as it is, and one such
+    pixel makes the loss, or the prediction, NaN. Decoded 8- and 16-bit images cannot hold one."""
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        count = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise DataError(f'{path} holds non-finite values (NaN or inf) in {count} pixel values: '
+                        'replace them (e.g. with 0) or remove the image from the dataset')
 
 
 def _rotated(size: tuple, loaded: tuple) -> str:
