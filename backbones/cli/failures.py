@@ -81,11 +81,11 @@ _KILLED_WORKER = re.compile(r'DataLoader worker \(pids? ?([\d, ]+)\) is killed b
 
 def size_text(n: int) -> str:
     """``n`` bytes as ``12.3 GiB`` (the unit torch's CUDA message uses)."""
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if n < 1024 or unit == 'TiB':
-            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-        n /= 1024
-    raise AssertionError('unreachable')
+    units = ('B', 'KiB', 'MiB', 'GiB', 'TiB')
+    power = 0
+    while n >= 1024 ** (power + 1) and power < len(units) - 1:
+        power += 1
+    return f'{n} B' if power == 0 else f'{n / 1024 ** power:.1f} {units[power]}'
 
 
 def worker_error(error: BaseException) -> tuple[str, str] | None:
