@@ -1,9 +1,10 @@
-"""Export of segmentors, detector features and the backbone to ONNX with dynamic sizes.
+"""Export of segmentors, whole detectors, detector features and the backbone to ONNX with
+dynamic sizes.
 
-Every exported file takes one input, ``image``: float32 NCHW of any batch, height and width,
-already normalised as the config's data preprocessor does it (channel order and mean/std are
-written into the file's metadata). ``tools/deployment/export.py`` checks each file against
-PyTorch in ONNX Runtime before it is kept.
+Every exported file takes one input, ``image``: float32 NCHW of any height and width (any batch
+except for a whole detector: one image), already normalised as the config's data preprocessor
+does it (channel order and mean/std are written into the file's metadata).
+``tools/deployment/export.py`` checks each file against PyTorch in ONNX Runtime before it is kept.
 """
 from __future__ import annotations
 
@@ -19,11 +20,24 @@ import torch.nn as nn
 from ..errors import UserError
 from ..inception_next import InceptionNeXt
 from .fuse import fuse_inception_next
+from .onnx_detector import (
+    OUTPUTS,
+    OnnxDetector,
+    bgr_to_rgb,
+    check_image,
+    compare_detections,
+    detector_metadata,
+    normalised,
+    pytorch_detections,
+)
 
 # What a file holds; stored as metadata so that the runtime side knows what it is given.
-KINDS = ('segmentor', 'features', 'backbone')
+KINDS = ('segmentor', 'detector', 'features', 'backbone')
 META_PREFIX = 'inceptionnext_dense.'
 DYNAMIC_AXES = {0: 'batch', 2: 'height', 3: 'width'}
+# A whole detector's export example: height and width differ and every FPN level is larger than
+# 1x1, so the exporter ties no size to another nor to 1
+DETECTOR_EXAMPLE = (192, 256)
 
 
 class ExportMismatchError(UserError, RuntimeError):
@@ -150,15 +164,16 @@ def export_part(model: nn.Module, kind: str) -> nn.Module:
         # oneDNN's fused kernels are eager-only: export the modules
         fuse_inception_next(backbone, onednn=False)
     make_shapes_dynamic(model)
-    part = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
+    part = {'segmentor': SegmentorLogits, 'detector': OnnxDetector, 'features': DetectorFeatures,
             'backbone': BackboneFeatures}[kind](model)
     return part.eval()
 
 
 def pytorch_part(model: nn.Module, kind: str) -> nn.Module:
     """The unmodified ``model`` (the backbone itself for ``'backbone'``) seen through the
-    interface of its exported ``kind``: what the file is checked against."""
-    wrap = {'segmentor': SegmentorLogits, 'features': DetectorFeatures,
+    interface of its exported ``kind``: what the file is checked against (a whole detector is
+    checked against its own ``predict``: ``check_detector_against_pytorch``)."""
+    wrap = {'segmentor': SegmentorLogits, 'detector': OnnxDetector, 'features': DetectorFeatures,
             'backbone': BackboneFeatures}[kind]
     return wrap(model).eval()
 
@@ -170,12 +185,14 @@ def file_metadata(model: nn.Module, kind: str, config: str, checkpoint: dict | N
     pre = model.data_preprocessor
     meta = dict(kind=kind, config=osp.basename(config),
                 mean=pre.mean.flatten().tolist(), std=pre.std.flatten().tolist(),
-                bgr_to_rgb=bool(getattr(pre, 'channel_conversion', False)),
+                bgr_to_rgb=bgr_to_rgb(pre),
                 input='float32 NCHW: (image - mean) / std, channels in RGB order if bgr_to_rgb '
                       '(of a BGR image as loaded by mmcv), else as loaded')
     if kind == 'segmentor':
         meta['output'] = 'seg_logits: class scores at the input size; argmax over dim 1'
         meta['num_classes'] = int(model.decode_head.out_channels)
+    elif kind == 'detector':
+        meta.update(detector_metadata(model))
     else:
         meta['output'] = 'feat0, feat1, ...: NCHW feature maps, strides ascending'
     if kind == 'features':
@@ -187,22 +204,26 @@ def file_metadata(model: nn.Module, kind: str, config: str, checkpoint: dict | N
 
 
 def output_names(part: nn.Module, sample: torch.Tensor) -> list[str]:
-    """``seg_logits`` for a segmentor, else ``feat0``, ``feat1``, ... (one per returned map)."""
+    """``seg_logits`` for a segmentor, ``boxes, scores, labels, masks`` for a whole detector,
+    else ``feat0``, ``feat1``, ... (one per returned map)."""
     if isinstance(part, SegmentorLogits):
         return ['seg_logits']
+    if isinstance(part, OnnxDetector):
+        return list(OUTPUTS)
     with torch.no_grad():
         return [f'feat{i}' for i in range(len(part(sample)))]
 
 
 def export_onnx(part: nn.Module, sample: torch.Tensor, path: str, metadata: dict) -> None:
-    """Export ``part`` with dynamic batch, height and width and write ``metadata`` into the
-    file (keys prefixed ``inceptionnext_dense.``, values JSON)."""
+    """Export ``part`` with dynamic batch (one image for a whole detector), height and width
+    and write ``metadata`` into the file (keys prefixed ``inceptionnext_dense.``, values JSON)."""
     import onnx
     names = output_names(part, sample)
+    axes = {a: n for a, n in DYNAMIC_AXES.items() if a or not isinstance(part, OnnxDetector)}
     with torch.no_grad():
         program = torch.onnx.export(
             part, (sample,), dynamo=True, input_names=['image'], output_names=names,
-            dynamic_shapes=({axis: name for axis, name in DYNAMIC_AXES.items()},),
+            dynamic_shapes=(axes,),
             optimize=True, verbose=False)
     proto = program.model_proto
     for key, value in metadata.items():
@@ -264,13 +285,53 @@ def check_against_pytorch(path: str, part: nn.Module, shapes: Sequence[tuple[int
     return errors
 
 
+def check_detector_against_pytorch(path: str, detector: nn.Module,
+                                   shapes: Sequence[tuple[int, int, int]], seed: int = 0,
+                                   name: str | None = None) -> list[dict]:
+    """Run a whole-detector file in ONNX Runtime and ``detector``'s own ``predict`` (through its
+    data preprocessor, ``rescale=False``) on one image of flat colour patches of each size;
+    raise ``ExportMismatchError`` unless every detection has its partner
+    (``compare_detections``). Returns the comparison's numbers per shape."""
+    import onnxruntime as ort
+    name = name or path
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    generator = torch.Generator().manual_seed(seed)
+    cfg = detector.test_cfg.rcnn
+    results = []
+    for batch, height, width in shapes:
+        if batch != 1:
+            raise UserError(f'{name}: a whole detector takes one image; check at 1x{height}x'
+                            f'{width}, not {batch}x{height}x{width}')
+        bgr = check_image(height, width, generator)
+        try:
+            found = session.run(None, {'image': normalised(detector, bgr).numpy()})
+        except Exception as e:  # noqa: BLE001  (a runtime failure at this size is a mismatch)
+            raise ExportMismatchError(
+                f'{name} fails in ONNX Runtime at 1x3x{height}x{width}: '
+                f'{str(e).strip().splitlines()[0][:300]}') from None
+        result = compare_detections(found, pytorch_detections(detector, bgr),
+                                    float(cfg.score_thr), float(cfg.mask_thr_binary))
+        if result['problem']:
+            raise ExportMismatchError(f'{name} differs from PyTorch at 1x3x{height}x{width}: '
+                                      f'{result["problem"]}')
+        results.append(result)
+    return results
+
+
 def export_checked(model: nn.Module, kind: str, path: str, shapes: Sequence[tuple[int, int, int]],
-                   metadata: dict, name: str | None = None) -> list[float]:
+                   metadata: dict, name: str | None = None) -> list[float] | list[dict]:
     """Export ``kind`` of a copy of ``model`` (the backbone itself for ``'backbone'``) to
     ``path``, then check the file against the unmodified ``model`` at each ``(batch, height,
-    width)`` of ``shapes`` (``check_against_pytorch``); returns the errors. The export example
-    has the first shape's size and at least 2 images (a batch of 1 would freeze the batch)."""
+    width)`` of ``shapes`` (``check_against_pytorch``; ``check_detector_against_pytorch`` for a
+    whole detector); returns what the check returns. The export example has the first shape's
+    size and at least 2 images (a batch of 1 would freeze the batch); a detector's is one image
+    of ``DETECTOR_EXAMPLE``."""
     batch, height, width = shapes[0]
     part = export_part(copy.deepcopy(model), kind)
-    export_onnx(part, torch.randn(max(batch, 2), 3, height, width), path, metadata)
+    detector = kind == 'detector'
+    sample = (torch.randn(1, 3, *DETECTOR_EXAMPLE) if detector
+              else torch.randn(max(batch, 2), 3, height, width))
+    export_onnx(part, sample, path, metadata)
+    if detector:
+        return check_detector_against_pytorch(path, model, shapes, name=name)
     return check_against_pytorch(path, pytorch_part(model, kind), shapes, name=name)

@@ -1,14 +1,18 @@
-"""Export a trained segmentor, a detector's backbone + FPN, or the backbone alone to ONNX.
+"""Export a trained segmentor, a whole detector, a detector's backbone + FPN, or the backbone
+alone to ONNX.
 
     python tools/deployment/export.py CONFIG CHECKPOINT OUT.onnx \
-        [--part segmentor|features|backbone]
+        [--part segmentor|detector|features|backbone]
         [--check-shapes 512x512 480x640] [--quantize int8 --calib-data DIR --calib-num N]
 
-The file takes ``image``: float32 NCHW, any batch, height and width, normalised as the config's
-data preprocessor does it (channel order, mean and std are in the file's metadata). Segmentors
-give ``seg_logits`` (class scores at the input's size); detectors and backbones give their maps
-``feat0``, ``feat1``, ... Before the file is kept, ONNX Runtime runs it on random images of two
-sizes and its outputs are compared with PyTorch's (relative error < 1e-4), else ``error: ...``.
+The file takes ``image``: float32 NCHW, any height and width, normalised as the config's data
+preprocessor does it (channel order, mean and std are in the file's metadata); any batch, except
+a whole detector: one image. Segmentors give ``seg_logits`` (class scores at the input's size);
+a whole detector (Mask R-CNN, Cascade Mask R-CNN) gives ``boxes, scores, labels, masks`` and
+needs no custom ONNX op; features and backbones give their maps ``feat0``, ``feat1``, ... Before
+the file is kept, ONNX Runtime runs it at two sizes and its outputs are compared with PyTorch's
+(relative error < 1e-4 on random images; for a detector, every detection of mmdet's own predict
+on an image of colour patches), else ``error: ...``.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from backbones.deploy.onnx_export import (
 from backbones.errors import ConfigError, UserError
 
 DEFAULT_CHECKS = ('1x512x512', '2x480x640')
+DETECTOR_CHECKS = ('1x512x512', '1x480x640')
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,13 +46,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint of the whole model (from training); for '
                         '--part backbone an ImageNet backbone checkpoint also works')
     parser.add_argument('out', help='the .onnx file to write')
-    parser.add_argument('--part', choices=['segmentor', 'features', 'backbone'],
+    parser.add_argument('--part', choices=['segmentor', 'detector', 'features', 'backbone'],
                         help='segmentor (default for mmseg configs): image -> class scores; '
-                        'features (default for mmdet configs): image -> backbone + FPN maps; '
-                        'backbone: image -> backbone maps')
-    parser.add_argument('--check-shapes', nargs=2, default=list(DEFAULT_CHECKS),
-                        metavar='[Bx]HxW', help='the two input sizes at which ONNX Runtime is '
-                        f'compared with PyTorch (default: {" ".join(DEFAULT_CHECKS)})')
+                        'detector (default for mmdet configs): image -> boxes, scores, labels, '
+                        'masks; features: image -> backbone + FPN maps; backbone: image -> '
+                        'backbone maps')
+    parser.add_argument('--check-shapes', nargs=2, metavar='[Bx]HxW',
+                        help='the two input sizes at which ONNX Runtime is compared with PyTorch '
+                        f'(default: {" ".join(DEFAULT_CHECKS)}; {" ".join(DETECTOR_CHECKS)} for '
+                        '--part detector)')
     parser.add_argument('--quantize', choices=['int8'], help='also write OUT with .int8.onnx: '
                         'ONNX Runtime static quantization (segmentors)')
     parser.add_argument('--calib-data', help='--quantize: folder of training images')
@@ -135,13 +142,16 @@ def main() -> None:
     args = parse_args()
     check_out_path(args.out, [args.config, args.checkpoint, args.calib_data], args.overwrite,
                    quantized=bool(args.quantize))
-    shapes = [parse_check_shape(s) for s in args.check_shapes]
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg)
-    kind = args.part or ('segmentor' if task == 'seg' else 'features')
-    if kind == 'segmentor' and task != 'seg' or kind == 'features' and task != 'det':
+    kind = args.part or ('segmentor' if task == 'seg' else 'detector')
+    if kind == 'segmentor' and task != 'seg' or kind in ('detector', 'features') and task != 'det':
         raise ConfigError(f'--part {kind} needs an {"mmseg" if kind == "segmentor" else "mmdet"} '
                           f'config; {args.config} is an {cfg.default_scope} one')
+    shapes = [parse_check_shape(s) for s in args.check_shapes
+              or (DETECTOR_CHECKS if kind == 'detector' else DEFAULT_CHECKS)]
+    if kind == 'detector' and any(b != 1 for b, _, _ in shapes):
+        raise ConfigError('--check-shapes: a whole detector takes one image; give HxW or 1xHxW')
     if args.quantize and (kind not in ('segmentor', 'detector') or not args.calib_data):
         raise ConfigError('--quantize int8 quantizes segmentors and whole detectors and needs '
                           '--calib-data DIR')
@@ -164,9 +174,17 @@ def main() -> None:
         if osp.exists(tmp):
             os.remove(tmp)
     for (b, h, w), err in zip(shapes, errors):
-        print(f'ONNX Runtime vs PyTorch at {b}x3x{h}x{w}: relative error {err:.1e}')
+        if kind == 'detector':
+            print(f'ONNX Runtime vs PyTorch at {b}x3x{h}x{w}: {err["matched"]} of '
+                  f'{err["pytorch"]} detections matched (the file found {err["found"]}), box '
+                  f'error {err["box_error"]:.1e} px, score error {err["score_error"]:.1e}, '
+                  f'lowest mask IoU {err["mask_iou"]:.3f}')
+        else:
+            print(f'ONNX Runtime vs PyTorch at {b}x3x{h}x{w}: relative error {err:.1e}')
+    sizes = 'one image, dynamic height and width' if kind == 'detector' else \
+        'dynamic batch, height and width'
     print(f'exported {kind} of {args.config} to {args.out} '
-          f'({osp.getsize(args.out) / 2**20:.1f} MiB, dynamic batch, height and width)')
+          f'({osp.getsize(args.out) / 2**20:.1f} MiB, {sizes})')
     if args.quantize:
         quantize(args, cfg, model, args.out, pytorch_part(exported, kind), shapes)
 
