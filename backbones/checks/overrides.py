@@ -59,6 +59,10 @@ def _short_repr(value: object) -> str:
 
 
 def _check_type(key: str, old, new) -> None:
+    if isinstance(new, Mapping) and not isinstance(old, Mapping):  # mmengine merges dicts only
+        raise ConfigError(f'--cfg-options {key}={_short_repr(new)}: {key} is '
+                          f'{_short_repr(old)}, not a dict, so a dict cannot replace it; set '
+                          f'its keys one by one ({key}.KEY=VALUE)')
     if old is None or new is None:
         return
     number = isinstance(old, _NUMBER) and not isinstance(old, bool)

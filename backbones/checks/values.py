@@ -75,15 +75,18 @@ class Real(Domain):
     hi: float | None = None
     lo_open: bool = False
     hi_open: bool = False
+    float_only: bool = False  # mmcv's RandomFlip refuses prob=1, Resize scale_factor=2
 
     def __contains__(self, value: object) -> bool:
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_number(value) or not math.isfinite(value) or (
+                self.float_only and not isinstance(value, float)):
             return False
         return ((self.lo is None or (value > self.lo if self.lo_open else value >= self.lo))
                 and (self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)))
 
     def describe(self) -> str:
-        return f'a finite number {_bound(self.lo, self.hi, self.lo_open, self.hi_open)}'.rstrip()
+        kind = 'a float (1.0, not 1)' if self.float_only else 'a finite number'
+        return f'{kind} {_bound(self.lo, self.hi, self.lo_open, self.hi_open)}'.rstrip()
 
 
 @dataclass(frozen=True)
@@ -115,18 +118,20 @@ class Either(Domain):
 
 @dataclass(frozen=True)
 class Items(Domain):
-    """A list or tuple of ``item`` values: ``length`` of them (any number, at least one, when
-    None), in increasing order with ``ordered``, summing to at most ``max_sum``."""
+    """A list or tuple of ``item`` values: ``length`` of them (one of the lengths of a tuple; any
+    number, at least one, when None), in increasing order with ``ordered``, summing to at most
+    ``max_sum``; a tuple only with ``tuple_only`` (mmseg's ``RandomCrop`` takes no list)."""
 
     item: Domain
-    length: int | None = None
+    length: int | tuple[int, ...] | None = None
     ordered: bool = False
     max_sum: float | None = None
+    tuple_only: bool = False
 
     def __contains__(self, value: object) -> bool:
-        if not isinstance(value, (list, tuple)) or not value:
+        if not isinstance(value, tuple if self.tuple_only else (list, tuple)) or not value:
             return False
-        if self.length is not None and len(value) != self.length:
+        if self.length is not None and len(value) not in _lengths(self.length):
             return False
         if not all(v in self.item for v in value):
             return False
@@ -135,24 +140,32 @@ class Items(Domain):
         return self.max_sum is None or sum(value) <= self.max_sum
 
     def describe(self) -> str:
-        count = {None: 'a list', 2: 'a pair'}.get(self.length, f'a list of {self.length}')
-        rules = [' in increasing order' if self.ordered else '',
+        counts = '' if self.length is None else ' or '.join(map(str, _lengths(self.length))) + ' '
+        head = 'a pair of values' if self.length == 2 else f'a list of {counts}values'
+        rules = [' (a tuple)' if self.tuple_only else '',
+                 ' in increasing order' if self.ordered else '',
                  f' summing to at most {self.max_sum:g}' if self.max_sum is not None else '']
-        return f'{count} of values{"".join(rules)}, each {self.item.describe()}'
+        return f'{head}{"".join(rules)}, each {self.item.describe()}'
+
+
+def _lengths(length: int | tuple[int, ...]) -> tuple[int, ...]:
+    return length if isinstance(length, tuple) else (length,)
 
 
 @dataclass(frozen=True)
 class Sizes(Domain):
-    """A size or scale of a transform: a positive finite number, or a (nested) list of them
+    """A size or scale of a transform: ``item`` values, or a (nested) list of them
     (``(2048, 512)``, ``[(1333, 640), (1333, 800)]``)."""
+
+    item: Domain
 
     def __contains__(self, value: object) -> bool:
         if isinstance(value, (list, tuple)):
             return bool(value) and all(v in self for v in value)
-        return value in Real(0, lo_open=True)
+        return value in self.item
 
     def describe(self) -> str:
-        return 'a finite number > 0, or a list (or list of lists) of them'
+        return f'{self.item.describe()}, or a list (or list of lists) of them'
 
 
 @dataclass(frozen=True)
@@ -174,7 +187,9 @@ POSITIVE = Real(0, lo_open=True)
 NON_NEGATIVE = Real(0)
 PROBABILITY = Real(0, 1)
 FRACTION = Real(0, 1, hi_open=True)
-PROBABILITIES = PROBABILITY | Items(PROBABILITY, max_sum=1)
+_FLOAT_PROBABILITY = Real(0, 1, float_only=True)
+_POSITIVE_FLOAT = Real(0, lo_open=True, float_only=True)
+PROBABILITIES = _FLOAT_PROBABILITY | Items(_FLOAT_PROBABILITY, max_sum=1)
 
 _PIPELINE = '**.(pipeline|*_pipeline|transforms).**.'
 _TEST_CFG = 'model.**.test_cfg.**.'
@@ -236,9 +251,13 @@ ROWS: tuple[Row, ...] = (
     Row('optim_wrapper.clip_grad.norm_type', POSITIVE | Exactly(math.inf, 'the largest '
         'value'), 'the p of the gradient norm'),
     # pipelines (datasets, and the *_pipeline variables they are made of)
-    Row(_PIPELINE + 'prob', PROBABILITIES | UNSET, 'the chance a transform applies'),
-    Row(_PIPELINE + '(scale|scales|img_scale|crop_size|scale_factor|size)', Sizes() | UNSET,
-        'an image size or scale'),
+    Row(_PIPELINE + 'prob', PROBABILITIES, 'the chance a transform applies'),
+    Row(_PIPELINE + '(scale|scales|img_scale|size)', Sizes(POSITIVE_INT),
+        'an image size in pixels'),
+    Row(_PIPELINE + 'crop_size', POSITIVE_INT | Items(POSITIVE, 2, tuple_only=True),
+        'a crop size, in pixels or relative'),
+    Row(_PIPELINE + 'scale_factor', _POSITIVE_FLOAT | Items(_POSITIVE_FLOAT, 2),
+        'a resize factor'),
     Row(_PIPELINE + 'ratio_range', Items(POSITIVE, 2, ordered=True) | UNSET,
         'the (low, high) range of a random rescale'),
     Row(_PIPELINE + '(size_divisor|pad_size_divisor)', POSITIVE_INT | UNSET,
@@ -249,14 +268,14 @@ ROWS: tuple[Row, ...] = (
     Row('model.backbone.drop_path_rate', FRACTION, 'the stochastic-depth rate of the last block'),
     Row('model.backbone.layer_scale_init_value', NON_NEGATIVE, 'the initial layer scale'),
     Row('model.**.(dropout_ratio|drop_rate)', FRACTION, 'the dropout probability'),
-    Row('model.**.num_classes', POSITIVE_INT, 'the classes a head predicts'),
+    Row('model.**.num_classes', Int(1, 100_000), 'the classes a head predicts'),
     Row('model.**.loss_weight', NON_NEGATIVE, 'the weight of a loss'),
     Row('model.**.data_preprocessor.(size_divisor|pad_size_divisor)', POSITIVE_INT | UNSET,
         'batches are padded to a multiple of it'),
     Row('model.**.data_preprocessor.size', Items(POSITIVE_INT, 2) | UNSET, 'the padded input '
         'size'),
-    Row('model.**.data_preprocessor.std', Items(POSITIVE) | UNSET, 'per-channel divisors'),
-    Row('model.**.data_preprocessor.mean', Items(Real()) | UNSET, 'per-channel means'),
+    Row('model.**.data_preprocessor.std', Items(POSITIVE, (1, 3)), 'per-channel divisors'),
+    Row('model.**.data_preprocessor.mean', Items(Real(), (1, 3)), 'per-channel means'),
     Row(_TEST_CFG + '(crop_size|stride)', Items(POSITIVE_INT, 2), 'the sliding window of '
         'test_cfg mode slide'),
     Row(_TEST_CFG + '(score_thr|iou_threshold|mask_thr_binary)', PROBABILITY,
