@@ -162,12 +162,12 @@ def run_property(configs: dict, max_examples: int) -> None:
 
 
 def test_random_values_refused_in_one_line_or_built(configs):
-    run_property(configs, max_examples=25)
+    run_property(configs, max_examples=50)
 
 
 @pytest.mark.long
 def test_random_values_refused_in_one_line_or_built_long(configs):
-    run_property(configs, max_examples=3000)
+    run_property(configs, max_examples=2000)
 
 
 def test_every_table_key_of_the_configs_builds(configs):
@@ -180,11 +180,8 @@ def test_every_table_key_of_the_configs_builds(configs):
 @pytest.mark.parametrize('override,fragment', [
     ('train_cfg.val_interval=0', 'train_cfg.val_interval=0: expected an integer >= 1'),
     ('default_hooks.logger.interval=-1', 'default_hooks.logger.interval=-1: expected an integer'),
-    ('train_dataloader.num_workers=-2',
-     'train_dataloader.num_workers=-2: expected an integer >= 0'),
     ('train_dataloader.dataset.pipeline.2.crop_size=(0,64)',
      'train_dataloader.dataset.pipeline.2.crop_size=(0, 64): expected an integer >= 1'),
-    ('optim_wrapper.optimizer.lr=nan', 'optim_wrapper.optimizer.lr=nan: expected a finite number'),
 ])
 def test_train_cli_one_line(seg_cfg, tmp_path, override, fragment):
     code, _, err = run_here('train.py', seg_cfg, '--work-dir', tmp_path / 'work',

@@ -79,11 +79,7 @@ def main() -> None:
             raise CheckpointError(f'--resume {args.resume}: no such checkpoint file (give a '
                                   'path, or --resume alone for the latest in the work dir)')
         cfg.resume, cfg.load_from = True, args.resume
-    load_from = cfg.get('load_from')  # where the file is during the checks
-    if load_from and not cfg.get('resume') and '://' not in load_from \
-            and not osp.isfile(load_from):
-        raise CheckpointError(f'load_from {load_from}: checkpoint not found (fix the path, or '
-                              'drop load_from)')
+    load_from = cfg.get('load_from')  # where the file is during the checks (load_config: it exists)
     aside = previous_run_folder(cfg.work_dir) if args.overwrite and previous else None
     if aside and load_from and osp.basename(load_from) in previous and \
             osp.abspath(osp.dirname(load_from)) == osp.abspath(cfg.work_dir):
