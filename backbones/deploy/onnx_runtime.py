@@ -100,7 +100,8 @@ def _open_export(model: nn.Module, path: str, kind: str, threads: int | None) ->
         if not np.allclose(value, network.metadata.get(key, []), rtol=1e-6):
             raise CheckpointError(f'{path} was exported with {key}={network.metadata.get(key)} '
                                   f'but the config normalises with {value}')
-    swap = bool(getattr(preprocessor, 'channel_conversion', False))
+    swap = bool(getattr(preprocessor, 'channel_conversion',  # mmseg's name, mmengine's below
+                        getattr(preprocessor, '_channel_conversion', False)))
     if network.metadata.get('bgr_to_rgb', swap) != swap:
         raise CheckpointError(f"{path} was exported with bgr_to_rgb={not swap} but the config's "
                               f'data preprocessor has bgr_to_rgb={swap}')

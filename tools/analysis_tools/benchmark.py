@@ -50,7 +50,8 @@ COLUMNS = [('model', 'family', ''), ('size', lambda r: SIZES[r['size']], ''),
            ('images/s', 'images_per_s', '.2f'), ('GMACs', 'gmacs', '.3g'),
            ('GFLOP/s', 'gflop_per_s', '.1f'), ('x first', 'speed_vs_first', '.2f'),
            ('x timm', 'speed_vs_timm', '.2f'), ('x ConvNeXt', 'speed_vs_convnext', '.2f'),
-           ('mem MiB', 'peak_mem_mib', '.0f'), ('params M', 'params_m', '.1f')]
+           ('mem MiB', 'peak_mem_mib', '.0f'), ('params M', 'params_m', '.1f'),
+           ('dets', 'detections', '.0f')]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,6 +141,7 @@ class Runner:
         self.scaler = torch.amp.GradScaler('cuda', enabled=args.amp and self.cuda)
         self.times: dict[str, list[list[float]]] = {mode: [] for mode in self.modes}
         self.peak_mib: dict[str, float] = {}
+        self.detections: float | None = None  # per image, of a detector's last inference step
         if args.compile and not onnx:
             if family == 'backbone':
                 self.model = torch.compile(model)
@@ -163,6 +165,8 @@ class Runner:
             if mode == 'train':
                 out = (sum(o.float().mean() for o in out) if self.family == 'backbone'
                        else self.model.parse_losses(out)[0])
+            elif TASK[self.family] == 'det':
+                self.detections = sum(len(s.pred_instances) for s in out) / len(out)
         stamps.append(self._now())
         if mode == 'train':
             self.scaler.scale(out).backward()
@@ -186,7 +190,8 @@ class Runner:
                     images_per_s=a.batch / sum(mid), gflop_per_s=rate,
                     gmacs=self.gmacs if rate else None,
                     iqr_pct=100 * (q[2] - q[0]) / sum(mid) if q else None, params_m=self.params_m,
-                    peak_mem_mib=self.peak_mib.get(mode), times_ms=[1e3 * t for t in totals])
+                    peak_mem_mib=self.peak_mib.get(mode), times_ms=[1e3 * t for t in totals],
+                    detections=self.detections if mode == 'infer' else None)
 
 
 def build_runners(family: str, size: str, args: argparse.Namespace, folder: str) -> list[Runner]:
@@ -259,7 +264,10 @@ def markdown(report: dict) -> str:
              'of it; GMACs: multiply-adds per image at inference, GFLOP/s: 2 x GMACs x images/s; '
              'x first / x timm / x ConvNeXt: throughput ratio to the first variant of the model, '
              'timm, ConvNeXt (> 1: faster); mem: peak MiB of 2 steps; int8: calibrated on '
-             f'{CALIB} random images.', '']
+             f'{CALIB} random images; -ort: the exported segmentor or whole detector in ONNX '
+             'Runtime (a detector\'s data preprocessor and mask pasting in PyTorch, as in eager); '
+             'dets: detections per image (Mask R-CNN: score_thr 0 on every side, so each keeps '
+             'max_per_img).', '']
     return '\n'.join(lines + markdown_table(COLUMNS, report['results'])) + '\n'
 
 

@@ -19,7 +19,7 @@ CONFIGS = {  # family: ours, package, upstream config in its .mim folder (T's if
     'backbone': UPERNET, 'upernet': UPERNET,
     'maskrcnn': ('configs/mask_rcnn/mask-rcnn_inceptionnext-{}_fpn_1x_coco.py', 'mmdet',
                  'configs/convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py')}
-EXPORT_KIND = {'backbone': 'backbone', 'upernet': 'segmentor', 'maskrcnn': 'features'}
+EXPORT_KIND = {'backbone': 'backbone', 'upernet': 'segmentor', 'maskrcnn': 'detector'}
 TASK = {'backbone': 'backbone', 'upernet': 'seg', 'maskrcnn': 'det'}  # as get_flops.py
 N_GT = 16  # objects (boxes + masks) per image of the synthetic detection batch
 CALIB = 4  # random images that calibrate the int8 variants
@@ -49,8 +49,11 @@ def build(family: str, size: str, upstream: bool, shape: tuple[int, int], root: 
         cfg.model = cfg.model.backbone
     elif family == 'upernet':  # no padding beyond the input, one whole-image pass at test time
         cfg.model.data_preprocessor.size, cfg.model.test_cfg = shape, dict(mode='whole')
-    else:  # random weights score below 0.05: keep max_per_img detections so masks are computed
+    else:  # random weights score below 0.05: with score_thr 0 every box survives to NMS, which
+        # leaves more than max_per_img (100): eager and ONNX Runtime box and mask 100 per image
         cfg.model.test_cfg.rcnn.score_thr = 0.0
+        if size == 'a':  # the tests' model: 100 proposals (8000 boxes to NMS, not 80000), 10
+            cfg.model.test_cfg.rpn.max_per_img, cfg.model.test_cfg.rcnn.max_per_img = 100, 10
     torch.manual_seed(0)
     return build_model(cfg).to(device)
 
@@ -103,28 +106,36 @@ def synthetic_batch(family: str, batch: int, shape: tuple[int, int]) -> dict:
 
 def in_onnx_runtime(model: nn.Module, family: str, path: str, shape: tuple[int, int],
                     threads: int | None = None, int8: bool = False) -> nn.Module:
-    """A copy of ``model`` whose backbone (+ neck, + decode head) runs the export ``path`` in
-    ONNX Runtime (a segmentor as tools/test.py runs it, a detector with its heads in PyTorch);
-    exported once and checked against PyTorch."""
+    """A copy of ``model`` whose network runs the export ``path`` in ONNX Runtime as
+    tools/test.py runs it: a segmentor's backbone, neck and decode head, a detector whole (the
+    data preprocessor and the mask pasting stay PyTorch's, as in eager); exported once and
+    checked against PyTorch."""
     from backbones.deploy.onnx_export import export_checked, file_metadata
-    from backbones.deploy.onnx_quantize import quantize_int8, random_calibration_inputs
+    from backbones.deploy.onnx_quantize import (
+        QUANTIZED_OPS,
+        quantize_int8,
+        random_calibration_inputs,
+    )
     from backbones.deploy.onnx_runtime import (
         OnnxModule,
-        run_features_in_onnx_runtime,
+        run_detector_in_onnx_runtime,
         run_segmentor_in_onnx_runtime,
     )
     kind = EXPORT_KIND[family]
     if not osp.isfile(path):
         meta = dict(kind=kind) if kind == 'backbone' else file_metadata(model, kind, path)
-        error = export_checked(model, kind, path, [(1, *shape)], meta)[0]
-        print(f'[benchmark] {osp.basename(path)}: relative error {error:.1e} vs PyTorch')
+        check = export_checked(model, kind, path, [(1, *shape)], meta)[0]
+        print(f'[benchmark] {osp.basename(path)}: ' + (
+            f'relative error {check:.1e} vs PyTorch' if kind != 'detector' else
+            f'{check["matched"]} of PyTorch\'s {check["pytorch"]} detections matched (boxes '
+            f'within {check["box_error"]:.1e} px, scores {check["score_error"]:.1e})'))
     if int8:
         fp32, path = path, path[:-len('onnx')] + 'int8.onnx'
         quantize_int8(fp32, path, random_calibration_inputs(
-            getattr(model, 'data_preprocessor', None), shape, CALIB))
+            getattr(model, 'data_preprocessor', None), shape, CALIB), QUANTIZED_OPS[kind])
     if kind == 'backbone':
         return OnnxModule(path, threads)
     model = copy.deepcopy(model)
-    run = run_segmentor_in_onnx_runtime if kind == 'segmentor' else run_features_in_onnx_runtime
+    run = run_segmentor_in_onnx_runtime if kind == 'segmentor' else run_detector_in_onnx_runtime
     run(model, path, threads)
     return model
