@@ -567,6 +567,19 @@ CASES = [
             '--cfg-options', *ATTO.split(), *FAMILIES['mask_rcnn'][2].split()],
         ['{path} does not cover the model of the config'],
         id='infer.py with a checkpoint of another model family'),
+    # a diverged run's checkpoint: one check (checkpoint.check_finite) for every tool
+    *[pytest.param(
+        tool,
+        lambda ctx, tool=tool: [
+            _seg_cfg(ctx), _non_finite_model_file(ctx),
+            *{'test.py': ['--work-dir', str(ctx.work)],
+              'infer.py': [sorted((Path(ctx.data['seg']) / 'images' / 'validation').glob(
+                  '*.jpg'))[0], '--out-dir', str(ctx.work)],
+              'deployment/export.py': [str(ctx.work / 'model.onnx')]}[tool],
+            '--cfg-options', *ATTO.split(), *FAMILIES['upernet'][2].split()],
+        ['{path} holds non-finite values (NaN or inf) in 1 tensors, e.g. backbone.stem.0.weight'],
+        id=f'{tool} with a checkpoint holding NaN')
+      for tool in ('test.py', 'infer.py', 'deployment/export.py')],
     pytest.param('train.py', lambda ctx: [*_train(ctx), '--resume', _seg_model_file(ctx)],
                  ['--resume {path} holds weights only', 'load_from={path}'],
                  id='--resume with a weights-only file'),
