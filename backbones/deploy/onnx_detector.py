@@ -8,7 +8,10 @@ a fixed ``k`` over scores masked with ``-inf``, candidates padded first so that 
 every input size, and only the output of NMS itself (ONNX ``NonMaxSuppression``) has a
 data-dependent length: it is scattered back into a fixed-size boolean mask at once. RoIAlign is
 ONNX ``RoiAlign``. Every node is in the default ONNX domain, so a plain ``onnxruntime`` runs the
-file without any custom-op library.
+file without any custom-op library. ONNX Runtime's ``NonMaxSuppression`` suppresses a box whose
+IoU is above the threshold and keeps one at exactly the threshold, as mmcv's ``nms``; its
+``RoiAlign`` with ``half_pixel`` is torchvision's and mmcv's aligned RoIAlign
+(tests/test_export_detector.py checks both).
 
 The file's contract (what ``tools/test.py`` and ``tools/infer.py`` read):
 
@@ -32,7 +35,6 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-KIND = 'detector'
 OUTPUTS = ('boxes', 'scores', 'labels', 'masks')
 # RoI layers whose numbers are ONNX RoiAlign's (avg mode)
 ROI_LAYERS = ('RoIAlign', 'SparseRoIAlign')
@@ -48,20 +50,24 @@ def _topk_padded(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def _nms_keep(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int, valid: Tensor,
-              iou_threshold: float) -> Tensor:
+              nms_cfg: dict) -> Tensor:
     """mmcv's ``batched_nms`` (one NMS over boxes offset per group, the offset from the largest
-    coordinate of the valid boxes) as a boolean mask of the kept boxes among the valid ones.
+    coordinate of the valid boxes; none with ``class_agnostic``) as a boolean mask of the kept
+    boxes among the valid ones.
 
     The invalid boxes are moved onto one box beyond every group: they suppress nothing valid and
     each other, so NMS stays cheap however many there are.
     """
     from torchvision.ops import nms
+    if nms_cfg.get('class_agnostic', False):
+        groups = torch.zeros_like(groups)
     step = torch.where(valid[:, None], boxes, torch.zeros_like(boxes)).max() + 1
     shifted = boxes + (groups.to(boxes.dtype) * step)[:, None]
     parked = (torch.tensor([0., 0., 1., 1.], dtype=boxes.dtype, device=boxes.device)
               + num_groups * step)
     shifted = torch.where(valid[:, None], shifted, parked)
-    keep = nms(shifted, torch.where(valid, scores, torch.full_like(scores, -1.0)), iou_threshold)
+    keep = nms(shifted, torch.where(valid, scores, torch.full_like(scores, -1.0)),
+               float(nms_cfg['iou_threshold']))
     kept = torch.zeros_like(valid).index_fill(0, keep, True)
     return kept & valid
 
@@ -105,8 +111,8 @@ class RoIFeatures(nn.Module):
         return out
 
 
-def _check_detector(detector: nn.Module) -> None:
-    """Refuse, with the reason, what ``OnnxDetector`` does not reimplement."""
+def check_exportable(detector: nn.Module) -> None:
+    """Refuse (``ConfigError``, with the reason) what ``OnnxDetector`` does not reimplement."""
     from mmdet.models.detectors import TwoStageDetector
     from mmdet.models.roi_heads import CascadeRoIHead, StandardRoIHead
     from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
@@ -152,7 +158,7 @@ class OnnxDetector(nn.Module):
 
     def __init__(self, detector: nn.Module):
         super().__init__()
-        _check_detector(detector)
+        check_exportable(detector)
         from mmdet.models.roi_heads import CascadeRoIHead
         self.detector = detector
         roi = detector.roi_head
@@ -201,7 +207,7 @@ class OnnxDetector(nn.Module):
         if min_size >= 0:
             wh = boxes[:, 2:] - boxes[:, :2]
             valid &= (wh[:, 0] > min_size) & (wh[:, 1] > min_size)
-        kept = _nms_keep(boxes, scores, levels, len(feats), valid, cfg.nms.iou_threshold)
+        kept = _nms_keep(boxes, scores, levels, len(feats), valid, cfg.nms)
         score, index = _topk_padded(torch.where(kept, scores, -math.inf), int(cfg.max_per_img))
         return boxes[index], torch.isfinite(score)
 
@@ -233,7 +239,7 @@ class OnnxDetector(nn.Module):
         labels = torch.arange(classes, device=scores.device).repeat(num)
         valid = ((scores > cfg.score_thr) & valid[:, None]).reshape(-1)
         scores = scores.reshape(-1)
-        kept = _nms_keep(decoded, scores, labels, classes, valid, cfg.nms.iou_threshold)
+        kept = _nms_keep(decoded, scores, labels, classes, valid, cfg.nms)
         score, index = _topk_padded(torch.where(kept, scores, -math.inf), int(cfg.max_per_img))
         return decoded[index], score, labels[index]
 
@@ -273,7 +279,7 @@ def _mask_size(head: nn.Module) -> int:
 def detector_metadata(detector: nn.Module) -> dict:
     """What the runtime side checks a file against its config with, and what it needs to turn
     the outputs into mmdet's results (``mask_thr_binary``)."""
-    _check_detector(detector)
+    check_exportable(detector)
     rpn, rcnn = detector.test_cfg.rpn, detector.test_cfg.rcnn
     roi = detector.roi_head
     mask_head = roi.mask_head[-1] if isinstance(roi.mask_head, nn.ModuleList) else roi.mask_head

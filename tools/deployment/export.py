@@ -28,6 +28,7 @@ from backbones.checkpoint import fit_model_checkpoint, load_pretrained
 from backbones.checks.outputs import check_output_file
 from backbones.cli.main import add_cfg_options, one_line_errors
 from backbones.config import build_model, load_config, task_of
+from backbones.deploy.onnx_detector import check_exportable
 from backbones.deploy.onnx_export import (
     export_checked,
     file_metadata,
@@ -156,6 +157,8 @@ def main() -> None:
         raise ConfigError('--quantize int8 quantizes segmentors and whole detectors and needs '
                           '--calib-data DIR')
     model = build_model(cfg)
+    if kind == 'detector':
+        check_exportable(model)  # before the weights are read
     checkpoint = None
     if kind == 'backbone':
         load_pretrained(model.backbone, args.checkpoint)
