@@ -162,7 +162,7 @@ def run_property(configs: dict, max_examples: int) -> None:
 
 
 def test_random_values_refused_in_one_line_or_built(configs):
-    run_property(configs, max_examples=50)
+    run_property(configs, max_examples=100)
 
 
 @pytest.mark.long
