@@ -90,7 +90,8 @@ def _roi_layer_args(extractor: nn.Module) -> list[tuple[float, tuple[int, int], 
 class RoIFeatures(nn.Module):
     """mmdet's ``SingleRoIExtractor`` for fixed-size RoI sets: each RoI is pooled from the level
     ``map_roi_levels`` gives it. One RoiAlign per level reads all RoIs, those of other levels
-    replaced by an empty box, which samples nothing (cost and value zero)."""
+    replaced by an empty box, which samples nothing (cost and, when aligned, value zero: the
+    levels' outputs are then just summed)."""
 
     def __init__(self, extractor: nn.Module):
         super().__init__()
@@ -106,7 +107,8 @@ class RoIFeatures(nn.Module):
             mine = (level == i)[:, None]
             pooled = roi_align(feats[i], torch.where(mine, rois, torch.zeros_like(rois)), size,
                                scale, ratio, aligned)
-            pooled = torch.where(mine[:, :, None, None], pooled, torch.zeros_like(pooled))
+            if not aligned:  # legacy mode samples empty boxes as 1x1
+                pooled = torch.where(mine[:, :, None, None], pooled, torch.zeros_like(pooled))
             out = pooled if out is None else out + pooled
         return out
 
