@@ -104,14 +104,42 @@ def test_tools_insert_the_checks_after_the_loading_steps():
     for _ in range(2):  # a second call changes nothing
         add_data_checks(seg, ('train_dataloader', 'val_dataloader'))
         add_data_checks(det, ('train_dataloader',))
-    assert [t['type'] for t in seg.train_dataloader.dataset.pipeline][:4] == [
-        'LoadImageFromFile', 'CheckImage', 'LoadAnnotations', 'CheckSegLabels']
+    def steps(pipeline) -> list[str]:  # a loading step runs inside CheckedLoad, once
+        return [f"CheckedLoad({t['transform']['type']})" if t['type'] == 'CheckedLoad'
+                else t['type'] for t in pipeline]
+
+    assert steps(seg.train_dataloader.dataset.pipeline)[:4] == [
+        'CheckedLoad(LoadImageFromFile)', 'CheckImage', 'CheckedLoad(LoadAnnotations)',
+        'CheckSegLabels']
     assert seg.train_dataloader.dataset.pipeline[3].num_classes == 150
-    val = [t['type'] for t in seg.val_dataloader.dataset.pipeline]
-    assert val[:2] == ['LoadImageFromFile', 'CheckImage'] and val.count('CheckSegLabels') == 1
-    assert val.index('CheckSegLabels') == val.index('LoadAnnotations') + 1
-    assert [t['type'] for t in det.train_dataloader.dataset.pipeline][:3] == [
-        'LoadImageFromFile', 'CheckImage', 'LoadAnnotations']
+    val = steps(seg.val_dataloader.dataset.pipeline)
+    assert val[:2] == ['CheckedLoad(LoadImageFromFile)', 'CheckImage']
+    assert val.count('CheckSegLabels') == 1
+    assert val.index('CheckSegLabels') == val.index('CheckedLoad(LoadAnnotations)') + 1
+    assert steps(det.train_dataloader.dataset.pipeline)[:3] == [
+        'CheckedLoad(LoadImageFromFile)', 'CheckImage', 'CheckedLoad(LoadAnnotations)']
+
+
+def test_a_damaged_file_is_named_by_the_step_that_reads_it(tmp_path):
+    """Whatever a decoder raises on an empty or truncated file, ``CheckedLoad`` names the file;
+    the operating system's refusals keep their errno for the tools' mapping."""
+    from backbones.checks.transforms import CheckedLoad
+    from backbones.errors import DataError
+    good = tmp_path / 'good.png'
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(good)
+    empty, cut = tmp_path / 'empty.jpg', tmp_path / 'cut.png'
+    empty.write_bytes(b'')
+    cut.write_bytes(good.read_bytes()[:60])
+    load = CheckedLoad(dict(type='LoadImageFromFile'))
+    assert load(dict(img_path=str(good)))['img'].shape == (16, 16, 3)
+    for bad in (empty, cut):
+        with pytest.raises(DataError, match=f'^{bad} cannot be read .*replace it'):
+            load(dict(img_path=str(bad)))
+    loop = tmp_path / 'loop.png'
+    loop.symlink_to(loop)
+    with pytest.raises(OSError) as e:
+        load(dict(img_path=str(loop)))
+    assert e.value.errno is not None and not isinstance(e.value, DataError)
 
 
 def test_all_ignored_label_maps_after_a_labelled_one_are_allowed():

@@ -155,3 +155,12 @@ def test_convert_refuses_non_finite(tmp_path, atto_ckpt, mode):
     assert_one_line_error(code, err, f'{tmp_path}/diverged.pth holds non-finite values',
                           f'e.g. {key}')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['diverged.pth']
+
+
+def test_a_resize_needs_a_scale_or_a_scale_factor():
+    """A cross-key rule of the table: either may be unset, not both (mmcv asserts it when the
+    dataset is built)."""
+    check_config_values({'test_pipeline': [dict(type='Resize', scale=None, scale_factor=0.5)]})
+    with pytest.raises(ConfigError, match=r'^config error: test_pipeline\.0\.scale and '
+                       r'test_pipeline\.0\.scale_factor are all unset'):
+        check_config_values({'test_pipeline': [dict(type='Resize', scale=None)]})

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from mmengine.config import Config
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConfigError, DataError, UserError
+from ..errors import ConfigError, DataError, UserError, first_line
 
 HOW_TO_GET = {
     'ADE20KDataset': 'download ADEChallengeData2016.zip from the MIT Scene Parsing site and unzip '
@@ -182,13 +182,14 @@ def _check_listed_files(cfg: Config, ds: Mapping, loader: str) -> None:
 
 def _check_coco_file(dataset, loader: str, needs_annotations: bool) -> None:
     ann_file = dataset.ann_file
-    with open(ann_file) as f:
+    with open(ann_file, 'rb') as f:
         try:
-            coco = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f'{ann_file} ({loader}) does not parse as JSON ({e.msg} at line '
-                            f'{e.lineno}, column {e.colno}): re-download or regenerate '
-                            f'it') from None
+            coco = json.loads(f.read())
+        except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
+            where = (f'{e.msg} at line {e.lineno}, column {e.colno}'
+                     if isinstance(e, json.JSONDecodeError) else first_line(e))
+            raise DataError(f'{ann_file} ({loader}) does not parse as JSON ({where}): '
+                            're-download or regenerate it') from None
     folder = dataset.data_prefix.get('img', '')
     try:
         images = {img['id']: img for img in coco.get('images', [])}

@@ -29,7 +29,7 @@ from mmengine.registry import TRANSFORMS
 from PIL import Image
 
 from ..checks.data import built_lazily, dataset_dicts, loads_annotations
-from ..errors import DataError
+from ..errors import DataError, UserError, first_line
 
 IGNORE_INDEX = 255  # mmseg's LoadAnnotations and decode heads
 _ONE_CHANNEL = {'1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F'}
@@ -174,10 +174,68 @@ class CheckSegLabels(BaseTransform):
                       level=logging.WARNING)
 
 
+@TRANSFORMS.register_module()
+class CheckedLoad(BaseTransform):
+    """A loading step of a pipeline (``LoadImageFromFile``, ``LoadAnnotations``, any ``Load*``)
+    whose failure on a damaged file is a ``DataError`` naming the file.
+
+    Decoders fail on a damaged file in their own words, none naming it: OpenCV's
+    ``!buf.empty()`` for an empty file, PIL's "image file is truncated", a malformed polygon in
+    mmdet's mask decoding. Whatever the step raises is about the file it was reading; the
+    operating system's refusals (an ``OSError`` with an errno) and memory pass on to the tools'
+    one mapping (``backbones/cli/failures.py``), which names the file in the system's words.
+
+    Args:
+        transform: the loading step's config, built in the current scope (mmdet's or mmseg's
+            ``LoadAnnotations``).
+    """
+
+    def __init__(self, transform: dict):
+        self.step = TRANSFORMS.build(transform)
+        self.annotations = str(transform.get('type', '')).startswith('LoadAnnotations')
+
+    def transform(self, results: dict) -> dict:
+        try:
+            return self.step(results)
+        except (UserError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001  (what a decoder raises on a damaged file)
+            if isinstance(e, OSError) and e.errno is not None:
+                raise
+            error = e
+        raise DataError(f'{self._reads(results)} cannot be read ({type(error).__name__}: '
+                        f'{first_line(error)}): a damaged or truncated file? replace it or '
+                        f'remove it from the dataset') from None
+
+    def _reads(self, results: dict) -> str:
+        if not self.annotations:
+            return str(results.get('img_path'))
+        if results.get('seg_map_path'):
+            return str(results['seg_map_path'])
+        return (f'the annotations of {results.get("img_path")} (image id '
+                f'{results.get("img_id")} of the annotation file)')
+
+
+def _type(step: object) -> str:
+    """A step's type name; a ``CheckedLoad``'s is that of the step it runs."""
+    if not isinstance(step, Mapping):
+        return ''
+    if step.get('type') == 'CheckedLoad':
+        return _type(step.get('transform'))
+    return str(step.get('type', ''))
+
+
+def _checked_loads(pipeline: list) -> list:
+    """``pipeline`` with each ``Load*`` step run by ``CheckedLoad``."""
+    return [dict(type='CheckedLoad', transform=t)
+            if isinstance(t, Mapping) and str(t.get('type', '')).startswith('Load') else t
+            for t in pipeline]
+
+
 def _insert_after(pipeline: list, suffix: str, step: dict) -> list:
     """``pipeline`` with ``step`` after its first step whose type ends with ``suffix``, unless
     it has a step of that type already."""
-    types = [str(t.get('type', '')) if isinstance(t, Mapping) else '' for t in pipeline]
+    types = [_type(t) for t in pipeline]
     if step['type'] in types:
         return pipeline
     for i, name in enumerate(types):
@@ -200,4 +258,4 @@ def add_data_checks(cfg: Config, loaders: Iterable[str]) -> None:
                 step = dict(type='CheckSegLabels', num_classes=len(dataset.metainfo['classes']),
                             dataset=type(dataset).__name__)
                 pipeline = _insert_after(pipeline, 'LoadAnnotations', step)
-            ds['pipeline'] = pipeline
+            ds['pipeline'] = _checked_loads(pipeline)

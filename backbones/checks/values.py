@@ -252,12 +252,12 @@ ROWS: tuple[Row, ...] = (
         'value'), 'the p of the gradient norm'),
     # pipelines (datasets, and the *_pipeline variables they are made of)
     Row(_PIPELINE + 'prob', PROBABILITIES, 'the chance a transform applies'),
-    Row(_PIPELINE + '(scale|scales|img_scale|size)', Sizes(POSITIVE_INT),
-        'an image size in pixels'),
+    Row(_PIPELINE + '(scale|scales|img_scale|size)', Sizes(POSITIVE_INT) | UNSET,
+        'an image size in pixels; unset where a scale_factor or size_divisor gives it'),
     Row(_PIPELINE + 'crop_size', POSITIVE_INT | Items(POSITIVE, 2, tuple_only=True),
         'a crop size, in pixels or relative'),
-    Row(_PIPELINE + 'scale_factor', _POSITIVE_FLOAT | Items(_POSITIVE_FLOAT, 2),
-        'a resize factor'),
+    Row(_PIPELINE + 'scale_factor', _POSITIVE_FLOAT | Items(_POSITIVE_FLOAT, 2) | UNSET,
+        'a resize factor; unset where a scale gives the size'),
     Row(_PIPELINE + 'ratio_range', Items(POSITIVE, 2, ordered=True) | UNSET,
         'the (low, high) range of a random rescale'),
     Row(_PIPELINE + '(size_divisor|pad_size_divisor)', POSITIVE_INT | UNSET,
@@ -314,6 +314,22 @@ ORDERS: tuple[Order, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class AnyOf:
+    """Keys of one dict of ``type`` of which at least one must be set (not None)."""
+
+    pattern: str
+    type: str
+    keys: tuple[str, ...]
+    means: str
+
+
+ANY_OF: tuple[AnyOf, ...] = (
+    AnyOf(_PIPELINE[:-1], 'Resize', ('scale', 'scale_factor'),
+          'a Resize takes its size from one of them'),
+)
+
+
 def _compile(pattern: str) -> re.Pattern:
     """A regex matching ``'.' + key`` for a dotted pattern."""
     return re.compile(''.join(r'(?:\.[^.]+)*' if segment == '**' else
@@ -328,6 +344,7 @@ def matches(pattern: str, key: str) -> bool:
 
 _COMPILED = [(_compile(row.pattern), row) for row in ROWS]
 _COMPILED_ORDERS = [(_compile(order.pattern), order) for order in ORDERS]
+_COMPILED_ANY_OF = [(_compile(rule.pattern), rule) for rule in ANY_OF]
 
 
 def walk(node: object, prefix: str = '') -> Iterator[tuple[str, object]]:
@@ -352,7 +369,7 @@ def row_of(key: str) -> Row | None:
 
 def check_config_values(cfg: Config | Mapping) -> None:
     """Raise ``ConfigError`` (one line) for the first value outside its row's domain, then for
-    the first ``ORDERS`` pair out of order."""
+    the first ``ORDERS`` pair out of order or ``ANY_OF`` group left unset."""
     tree = cfg._cfg_dict if isinstance(cfg, Config) else cfg
     dicts = []
     for key, value in walk(tree):
@@ -368,6 +385,11 @@ def check_config_values(cfg: Config | Mapping) -> None:
             if pattern.match('.' + key) and _is_number(low) and _is_number(high) and low >= high:
                 raise ConfigError(f'config error: {key}.{order.low}={low}: expected less than '
                                   f'{key}.{order.high}={high} ({order.means})')
+        for pattern, rule in _COMPILED_ANY_OF:
+            if (pattern.match('.' + key) and node.get('type') == rule.type
+                    and all(node.get(k) is None for k in rule.keys)):
+                raise ConfigError(f'config error: {" and ".join(f"{key}.{k}" for k in rule.keys)}'
+                                  f' are all unset: give one ({rule.means})')
 
 
 def _short(value: object) -> str:
