@@ -90,7 +90,8 @@ def test_upernet_train_and_infer(tmp_path):
 
 def test_onnx_runtime_variants(tmp_path):
     """fp32 and int8 in ONNX Runtime beside eager (the export checked against PyTorch inside the
-    tool): UperNet whole, Mask R-CNN's backbone + FPN; FLOPs and params are the eager model's."""
+    tool): UperNet and Mask R-CNN whole; FLOPs and params are the eager model's, and every Mask
+    R-CNN variant boxes and masks the same number of detections (max_per_img, 10 for atto)."""
     variants = ('ours', 'ours-ort', 'ours-ort-int8')
     report = run_benchmark(tmp_path, '--models', 'upernet,maskrcnn', '--batch', '1', '--mode',
                            'infer', '--variants', ','.join(variants))
@@ -101,6 +102,8 @@ def test_onnx_runtime_variants(tmp_path):
         assert rows['ours-ort']['gmacs'] == rows['ours-ort-int8']['gmacs'] == rows['ours']['gmacs']
         assert rows['ours-ort']['params_m'] == rows['ours']['params_m']
         assert rows['ours']['speed_vs_first'] == 1.0
+        dets = {v: r['detections'] for v, r in rows.items()}
+        assert dets == dict.fromkeys(variants, 10 if family == 'maskrcnn' else None)
     assert report['machine']['versions']['onnxruntime']
 
 
