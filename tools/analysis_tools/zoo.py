@@ -111,11 +111,7 @@ def in_onnx_runtime(model: nn.Module, family: str, path: str, shape: tuple[int, 
     data preprocessor and the mask pasting stay PyTorch's, as in eager); exported once and
     checked against PyTorch."""
     from backbones.deploy.onnx_export import export_checked, file_metadata
-    from backbones.deploy.onnx_quantize import (
-        QUANTIZED_OPS,
-        quantize_int8,
-        random_calibration_inputs,
-    )
+    from backbones.deploy.onnx_quantize import quantize_int8, random_calibration_inputs
     from backbones.deploy.onnx_runtime import (
         OnnxModule,
         run_detector_in_onnx_runtime,
@@ -132,7 +128,7 @@ def in_onnx_runtime(model: nn.Module, family: str, path: str, shape: tuple[int, 
     if int8:
         fp32, path = path, path[:-len('onnx')] + 'int8.onnx'
         quantize_int8(fp32, path, random_calibration_inputs(
-            getattr(model, 'data_preprocessor', None), shape, CALIB), QUANTIZED_OPS[kind])
+            getattr(model, 'data_preprocessor', None), shape, CALIB))
     if kind == 'backbone':
         return OnnxModule(path, threads)
     model = copy.deepcopy(model)

@@ -100,7 +100,6 @@ def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32
 
     from backbones.deploy.onnx_export import read_metadata
     from backbones.deploy.onnx_quantize import (
-        QUANTIZED_OPS,
         calibration_images,
         calibration_inputs,
         matched_detections,
@@ -114,7 +113,7 @@ def quantize(args: argparse.Namespace, cfg: Config, model: torch.nn.Module, fp32
     int8 = fp32[:-len('.onnx')] + '.int8.onnx'
     tmp = int8 + '.tmp'
     try:
-        quantize_int8(fp32, tmp, inputs, QUANTIZED_OPS[kind])
+        quantize_int8(fp32, tmp, inputs)
         session = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
         if kind == 'detector':
             found, total = matched_detections(float_session, session, inputs[:8])
