@@ -238,3 +238,32 @@ def test_cascade_mask_rcnn_exports_with_its_stages(tmp_path, tiny_data):
     model = onnx.load(str(path))
     assert {n.domain for n in model.graph.node} <= {'', 'ai.onnx'}
     assert meta['num_stages'] == 3 and meta['roi_head'] == 'CascadeRoIHead'
+
+
+def test_bounded_nms_is_the_first_boxes_of_full_nms(tmp_path):
+    """``nms_first`` (ONNX NonMaxSuppression bounded by max_output_boxes_per_class) gives the
+    first ``max_keep`` boxes of an unbounded NMS, in PyTorch and in ONNX Runtime."""
+    import onnxruntime as ort
+    from torchvision.ops import nms
+
+    from backbones.deploy.onnx_detector import ONNX_TRANSLATIONS, nms_first
+
+    class Bounded(torch.nn.Module):
+        def forward(self, boxes, scores):
+            return nms_first(boxes, scores, 0.5, 7)
+
+    generator = torch.Generator().manual_seed(0)
+    corner = torch.rand(300, 2, generator=generator) * 50
+    boxes = torch.cat([corner, corner + 5 + torch.rand(300, 2, generator=generator) * 20], 1)
+    scores = torch.rand(300, generator=generator)
+    full = nms(boxes, scores, 0.5)
+    assert len(full) > 7 and nms_first(boxes, scores, 0.5, 7).tolist() == full[:7].tolist()
+    path = tmp_path / 'nms.onnx'
+    program = torch.onnx.export(Bounded(), (boxes, scores), dynamo=True, verbose=False,
+                                input_names=['boxes', 'scores'],
+                                dynamic_shapes=({0: 'n'}, {0: 'n'}),
+                                custom_translation_table=ONNX_TRANSLATIONS)
+    program.save(str(path))
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    found = session.run(None, {'boxes': boxes.numpy(), 'scores': scores.numpy()})[0]
+    assert found.tolist() == full[:7].tolist()

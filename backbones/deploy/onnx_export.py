@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..inception_next import InceptionNeXt
 from .fuse import fuse_inception_next
 from .onnx_detector import (
+    ONNX_TRANSLATIONS,
     OUTPUTS,
     OnnxDetector,
     bgr_to_rgb,
@@ -223,8 +224,8 @@ def export_onnx(part: nn.Module, sample: torch.Tensor, path: str, metadata: dict
     with torch.no_grad():
         program = torch.onnx.export(
             part, (sample,), dynamo=True, input_names=['image'], output_names=names,
-            dynamic_shapes=(axes,),
-            optimize=True, verbose=False)
+            dynamic_shapes=(axes,), optimize=True, verbose=False,
+            custom_translation_table=ONNX_TRANSLATIONS if isinstance(part, OnnxDetector) else None)
     proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
