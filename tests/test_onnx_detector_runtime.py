@@ -231,3 +231,30 @@ def test_tools_refuse_in_one_line(det, tmp_path, tiny_file, seg_cfg, tiny_data):
                             'onnxruntime', '--out-dir', tmp_path / 'drawn', '--cfg-options',
                             *ATTO.split(), *UPERNET_OVERRIDES)
     assert_one_line_error(code, err, "is a 'detector' export; expected a segmentor export")
+
+
+def test_int8_calibration_inputs_and_matching(det):
+    """What export.py --quantize int8 uses for a detector: calibration images through the test
+    pipeline and preprocessor, unpadded; the fp32 file finds all its own detections again, and a
+    file given shifted images does not."""
+    import onnxruntime as ort
+
+    from backbones.config import load_config
+    from backbones.deploy.onnx_quantize import (
+        calibration_images,
+        calibration_inputs,
+        matched_detections,
+    )
+    images = calibration_images(str(Path(det.root) / 'train2017'), 2)
+    inputs = calibration_inputs(load_config(det.cfg), det.model.data_preprocessor, images,
+                                unpadded=True)
+    assert [i.shape for i in inputs] == [(1, 3, 64, 64)] * 2 and inputs[0].dtype == np.float32
+    session = ort.InferenceSession(det.out, providers=['CPUExecutionProvider'])
+    found, total = matched_detections(session, session, inputs, score_thr=0.0)
+    assert found == total == 40  # max_per_img 20, twice
+
+    class Shifted:  # the same file, run on the images moved 16 pixels right
+        def run(self, names, feeds):
+            return session.run(names, {'image': np.roll(feeds['image'], 16, axis=-1)})
+    found, total = matched_detections(session, Shifted(), inputs, score_thr=0.0)
+    assert found < total == 40
