@@ -6,7 +6,7 @@ TEST_WORKERS ?= 2
 # what `make test-compat` runs on the older stack: install, backbone, loading, configs, runs
 COMPAT_TESTS := tests/test_install.py tests/test_inception_next.py tests/test_checkpoint.py \
 	tests/test_configs.py tests/test_guest.py tests/test_runner_e2e.py
-.PHONY: setup setup-compat test test-fast test-compat lint demo demo-det demo-data clean \
+.PHONY: setup setup-compat test test-fast test-long test-compat lint demo demo-det demo-data clean \
 	wheelhouse wheelhouse-check gpu-check gpu-check-dry
 
 setup:
@@ -23,6 +23,10 @@ test: setup lint
 
 test-fast: setup lint
 	$(PY) -m pytest tests -q -m "not slow"
+
+# the property tests' many-example runs (tests marked long; make test runs their seeded short form)
+test-long: setup
+	$(PY) -m pytest tests -q -m long -n $(TEST_WORKERS) --dist loadfile
 
 test-compat: setup-compat
 	$(COMPAT_PY) -m pytest $(COMPAT_TESTS) -q

@@ -34,8 +34,10 @@ def pytest_configure(config):
 # The files of whole-minute end-to-end runs, longest first: `make test` gives each worker whole
 # files in collection order, so a long file collected last would leave the other worker idle.
 LONG_FILES_FIRST = ('test_bad_input.py', 'test_upstream_tools.py', 'test_demo.py',
-                    'test_faults.py', 'test_benchmark.py', 'test_distributed.py',
-                    'test_export.py', 'test_runner_e2e.py', 'test_guest.py')
+                    'test_faults.py', 'test_benchmark.py', 'test_runner_e2e.py',
+                    'test_export.py', 'test_export_detector.py', 'test_distributed.py',
+                    'test_onnx_detector_runtime.py', 'test_guest.py', 'test_property_config.py',
+                    'test_property_files.py', 'test_failures.py')
 
 
 def pytest_collection_modifyitems(items):
