@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os.path as osp
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -215,13 +217,26 @@ def output_names(part: nn.Module, sample: torch.Tensor) -> list[str]:
         return [f'feat{i}' for i in range(len(part(sample)))]
 
 
+@contextmanager
+def _logger_level(logger: logging.Logger, level: int):
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def export_onnx(part: nn.Module, sample: torch.Tensor, path: str, metadata: dict) -> None:
     """Export ``part`` with dynamic batch (one image for a whole detector), height and width
     and write ``metadata`` into the file (keys prefixed ``inceptionnext_dense.``, values JSON)."""
     import onnx
     names = output_names(part, sample)
     axes = {a: n for a, n in DYNAMIC_AXES.items() if a or not isinstance(part, OnnxDetector)}
-    with torch.no_grad():
+    # onnx_ir logs "Attribute type is ambiguous because it is an empty sequence" for the empty
+    # attribute lists of the detector's graph (it picks INTS, the right type): not the user's
+    ir_logger = logging.getLogger('onnx_ir')
+    with torch.no_grad(), _logger_level(ir_logger, logging.ERROR):
         program = torch.onnx.export(
             part, (sample,), dynamo=True, input_names=['image'], output_names=names,
             dynamic_shapes=(axes,), optimize=True, verbose=False,
