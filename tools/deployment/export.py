@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
                         f'(default: {" ".join(DEFAULT_CHECKS)}; {" ".join(DETECTOR_CHECKS)} for '
                         '--part detector)')
     parser.add_argument('--quantize', choices=['int8'], help='also write OUT with .int8.onnx: '
-                        'ONNX Runtime static quantization (segmentors)')
+                        'ONNX Runtime static quantization (segmentors, whole detectors)')
     parser.add_argument('--calib-data', help='--quantize: folder of training images')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace OUT (and its .int8.onnx) if they exist (never an input)')
