@@ -49,7 +49,6 @@ def _topk_padded(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, index.clamp(max=n - 1)
 
 
-@torch.library.custom_op('inceptionnext_dense::nms_first', mutates_args=())
 def nms_first(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int) -> Tensor:
     """The first ``max_keep`` boxes NMS keeps, by descending score (torchvision's ``nms``).
 
@@ -63,7 +62,6 @@ def nms_first(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int
     return nms(boxes, scores, iou_threshold)[:max_keep]
 
 
-@nms_first.register_fake
 def _nms_first_fake(boxes: Tensor, scores: Tensor, iou_threshold: float,
                     max_keep: int) -> Tensor:
     return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
@@ -77,8 +75,14 @@ def nms_first_onnx(boxes, scores, iou_threshold: float, max_keep: int):
     return op.Reshape(op.Slice(selected, [2], [3], [1]), [-1])
 
 
-# what torch.onnx.export needs for an OnnxDetector (export_onnx passes it)
-ONNX_TRANSLATIONS = {torch.ops.inceptionnext_dense.nms_first.default: nms_first_onnx}
+# An op of its own, so that the export can translate it: torch >= 2.4, which the dynamo export
+# needs anyway (older torch still imports this module, for the ONNX Runtime side).
+ONNX_TRANSLATIONS = {}
+if hasattr(torch.library, 'custom_op'):
+    nms_first = torch.library.custom_op('inceptionnext_dense::nms_first',
+                                        mutates_args=())(nms_first)
+    nms_first.register_fake(_nms_first_fake)
+    ONNX_TRANSLATIONS[torch.ops.inceptionnext_dense.nms_first.default] = nms_first_onnx
 
 
 def _nms_keep(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int, valid: Tensor,
