@@ -375,14 +375,18 @@ def normalised(detector: nn.Module, bgr: Tensor) -> Tensor:
 
 def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int,
                 threshold: float) -> Tensor:
-    """(K, H, W) boolean masks of the file's (K, M, M) probabilities, as mmdet's FCNMaskHead
-    pastes them on a CPU (one box at a time, into the box's own crop)."""
+    """(K, H, W) masks of the file's (K, M, M) probabilities pasted as mmdet's FCNMaskHead does:
+    booleans at ``threshold``, or, where it is negative, the probabilities as uint8 0-255; on a
+    CPU one box at a time, into the box's own crop."""
     from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
-    pasted = torch.zeros(len(masks), height, width, dtype=torch.bool)
+    binary = threshold >= 0
+    pasted = torch.zeros(len(masks), height, width, device=boxes.device,
+                         dtype=torch.bool if binary else torch.uint8)
     for i in range(len(masks)):
-        crop, where = _do_paste_mask(masks[i:i + 1, None], boxes[i:i + 1], height, width,
-                                     skip_empty=True)
-        pasted[(slice(i, i + 1),) + where] = crop >= threshold
+        crop, where = _do_paste_mask(masks[i:i + 1, None].float(), boxes[i:i + 1], height, width,
+                                     skip_empty=boxes.device.type == 'cpu')
+        pasted[(slice(i, i + 1), *where)] = (crop >= threshold if binary
+                                             else (crop * 255).to(torch.uint8))
     return pasted
 
 

@@ -168,14 +168,15 @@ def detections_to_instances(outputs: list[torch.Tensor], img_meta: dict, mask_th
     """A detector file's ``boxes, scores, labels, masks`` (batch 1, in the input's pixels) as
     mmdet's ``predict`` returns them: padding rows (score <= 0) dropped, boxes clipped to
     ``img_shape`` and divided by ``scale_factor`` (``rescale``), masks pasted into ``ori_shape``
-    (else the resized image's size) by mmdet's ``_do_paste_mask`` and thresholded at
-    ``mask_thr`` (``test_cfg.rcnn.mask_thr_binary``) as its FCNMaskHead does on a CPU.
+    (else the resized image's size) by ``paste_masks`` (mmdet's ``_do_paste_mask``) and
+    thresholded at ``mask_thr`` (``test_cfg.rcnn.mask_thr_binary``) as its FCNMaskHead does.
 
     Returns an ``InstanceData`` with ``bboxes``, ``scores``, ``labels`` and ``masks``.
     """
-    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
     from mmdet.models.utils import empty_instances
     from mmengine.structures import InstanceData
+
+    from .onnx_detector import paste_masks
     boxes, scores, labels, masks = (o[0] for o in outputs)
     keep = scores > 0
     boxes, scores, labels, masks = boxes[keep].float(), scores[keep], labels[keep], masks[keep]
@@ -193,14 +194,7 @@ def detections_to_instances(outputs: list[torch.Tensor], img_meta: dict, mask_th
     else:
         out_h, out_w = (int(np.round(n * s)) for n, s in zip((out_h, out_w),
                                                              (scale[0, 1], scale[0, 0])))
-    pasted = torch.zeros(len(boxes), out_h, out_w, dtype=torch.bool if mask_thr >= 0
-                         else torch.uint8, device=boxes.device)
-    for i in range(len(boxes)):  # one by one with skip_empty, mmdet's fastest way on CPUs
-        chunk, where = _do_paste_mask(masks[i:i + 1, None].float(), boxes[i:i + 1], out_h, out_w,
-                                      skip_empty=boxes.device.type == 'cpu')
-        pasted[(slice(i, i + 1), *where)] = (chunk >= mask_thr if mask_thr >= 0
-                                             else (chunk * 255).to(torch.uint8))
-    results.bboxes, results.masks = boxes, pasted
+    results.bboxes, results.masks = boxes, paste_masks(masks, boxes, out_h, out_w, mask_thr)
     return results
 
 
