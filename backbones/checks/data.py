@@ -10,9 +10,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from mmengine.config import Config
-from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConfigError, DataError, UserError, first_line
+from ..errors import ConfigError, DataError, first_line
 
 HOW_TO_GET = {
     'ADE20KDataset': 'download ADEChallengeData2016.zip from the MIT Scene Parsing site and unzip '
@@ -282,30 +281,13 @@ def image_files(folder: str, recursive: bool = False) -> list[str]:
                   if name.lower().endswith(IMAGE_SUFFIXES))
 
 
-def _first_unreadable_file(cfg: Config) -> str | None:
-    """The first file in the configured image and label folders whose header PIL cannot read."""
-    for loader in LOADERS:
-        for ds in dataset_dicts((cfg.get(loader) or {}).get('dataset')):
-            for folder in _prefix_folders(ds):
-                for path in image_files(folder, recursive=True):
-                    try:
-                        Image.open(path).close()
-                    except (OSError, ValueError):
-                        return path
-    return None
-
-
 @contextmanager
 def readable_data_errors(cfg: Config):
-    """Turn an unreadable image or an annotation file that does not parse into a ``DataError``,
-    and a ``UserError`` raised in a DataLoader worker back into its one-line message."""
+    """Turn an annotation file that does not parse (an evaluator's, read by mmdet as the run
+    starts) into a ``DataError``. A damaged image or label map is one line from the pipeline's
+    ``CheckedLoad``; a DataLoader worker's error is mapped by ``backbones/cli/failures.py``."""
     try:
         yield
-    except UserError as e:  # torch re-raises a worker's error with the traceback in its text
-        text = str(e).strip()
-        if 'DataLoader worker' not in text.split('\n', 1)[0]:
-            raise
-        raise type(e)(text.splitlines()[-1].split(': ', 1)[-1]) from None
     except json.JSONDecodeError as e:
         anns = sorted({osp.join(ds.get('data_root') or '', ds['ann_file'])
                        for loader in LOADERS
@@ -314,16 +296,3 @@ def readable_data_errors(cfg: Config):
         raise DataError(f'an annotation file does not parse as JSON ({e.msg} at line {e.lineno}, '
                         f'column {e.colno}); the config reads {", ".join(anns)}: re-download or '
                         f'regenerate it') from None
-    except UnidentifiedImageError:  # a label map PIL cannot decode; the error names no file
-        bad = _first_unreadable_file(cfg)
-        if bad is None:
-            raise
-        raise DataError(f'{bad} is not a readable image: replace it or remove it from the '
-                        f'dataset') from None
-    except AssertionError as e:  # also re-raised from DataLoader workers, traceback in the text
-        found = [line for line in str(e).splitlines() if 'failed to load image' in line]
-        if not found:
-            raise
-        message = found[-1].split('AssertionError:')[-1].strip()
-        raise DataError(f'{message}: the file is unreadable or not an image; replace it or '
-                        f'remove it from the dataset') from None
